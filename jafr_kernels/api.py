@@ -1,0 +1,276 @@
+"""The public spectral functions: input checks, backend choice, and the composition of the primitive ops.
+
+Formulas are those of :mod:`jafr_kernels.reference` (the specification); this module computes them with
+whichever backend serves the input, in fp32 (fp64 for fp64 input), returning fp32 results for fp16/bf16
+input.
+"""
+from __future__ import annotations
+
+import math
+from typing import Union
+
+import torch
+from torch import Tensor
+
+from jafr_kernels import backends, ops, reference
+from jafr_kernels.reference import RadialBand
+
+MaskLike = Union[Tensor, RadialBand, float]
+
+_MAX_CUTOFF = math.sqrt(2.0)
+
+
+# --------------------------------------------------------------------------- input checks
+def check_planes(x, name: str = "x") -> Tensor:
+    """Validate a (B, C, H, W) real floating tensor with B >= 1 and H, W >= 2."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must have 4 dimensions (B, C, H, W), got shape {tuple(x.shape)} ({x.dim()} dims)")
+    if x.is_complex() or not x.is_floating_point():
+        raise TypeError(f"{name} must be a real floating tensor (float16/bfloat16/float32/float64), got dtype {x.dtype}")
+    b, c, h, w = x.shape
+    if b == 0 or c == 0:
+        raise ValueError(f"{name} is empty: got shape {tuple(x.shape)}; batch and channel sizes must be >= 1")
+    if h < 2 or w < 2:
+        raise ValueError(f"{name} planes must be at least 2x2, got H={h}, W={w}")
+    return x
+
+
+def _check_cutoff(value, name: str) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number in (0, sqrt(2)], got {value!r}") from None
+    if not (0.0 < value <= _MAX_CUTOFF + 1e-12):
+        raise ValueError(f"{name} must lie in (0, sqrt(2)] (normalised radius, 1 = Nyquist), got {value}")
+    return value
+
+
+def check_band(band: RadialBand) -> RadialBand:
+    if band.kind in ("low", "high"):
+        _check_cutoff(band.hi if band.kind == "low" else band.lo, "cutoff")
+    elif band.kind == "between":
+        if not (0.0 <= band.lo < band.hi):
+            raise ValueError(f"band needs 0 <= lower < upper, got lower={band.lo}, upper={band.hi}")
+    elif band.kind != "all":
+        raise ValueError(f"unknown band kind {band.kind!r}")
+    return band
+
+
+def _check_weight(weight: Tensor, x: Tensor) -> Tensor:
+    h, w = x.shape[-2:]
+    expected = (h, w // 2 + 1)
+    if weight.dim() != 2 or tuple(weight.shape) != expected:
+        raise ValueError(f"weight map must have shape (H, W//2+1) = {expected} for planes {h}x{w}, got {tuple(weight.shape)}")
+    if weight.device != x.device:
+        raise ValueError(f"weight map is on {weight.device} but the input is on {x.device}; move them to one device")
+    if weight.is_complex() or not weight.is_floating_point():
+        raise TypeError(f"weight map must be a real floating tensor, got dtype {weight.dtype}")
+    if not torch.compiler.is_compiling():
+        if not bool(torch.isfinite(weight).all()):
+            raise ValueError("weight map contains NaN or Inf")
+        if bool((weight < 0).any()):
+            raise ValueError("weight map must be >= 0 everywhere (it weights spectral energies)")
+    return weight.detach().to(ops.accumulate_dtype(x.dtype)).contiguous()
+
+
+def as_mask(mask, x: Tensor):
+    """``(weight or None, band or None)`` from a weight map, a RadialBand or a float cutoff (low band)."""
+    if isinstance(mask, Tensor):
+        return _check_weight(mask, x), None
+    if isinstance(mask, RadialBand):
+        return None, check_band(mask)
+    if isinstance(mask, (int, float)) and not isinstance(mask, bool):
+        return None, RadialBand.low(_check_cutoff(mask, "cutoff"))
+    raise TypeError(f"mask must be a weight map tensor (H, W//2+1), a RadialBand or a float cutoff, got {type(mask).__name__}")
+
+
+def _check_power(power) -> int:
+    if power not in (1, 2):
+        raise ValueError(f"power must be 1 (magnitude) or 2 (power spectrum), got {power!r}")
+    return int(power)
+
+
+def _choose_backend(backend: str, x: Tensor) -> str:
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    return backends.choose(backend, x.device)
+
+
+# --------------------------------------------------------------------------- composition
+def _energy(x: Tensor, weight, band, power: int, backend: str) -> Tensor:
+    """(B, C) energies of x over the mask, with the chosen backend."""
+    if backend == "reference":
+        return reference.spectral_energy(x, weight if weight is not None else band, power)
+    h, w = x.shape[-2:]
+    q_lo, q_hi = (0, reference.Q_MAX) if band is None else band.q_limits(h, w)
+    return ops.spectral_energy(x.contiguous(), weight, q_lo, q_hi, power, backend)
+
+
+def _sample_scale(x: Tensor) -> Tensor:
+    """Per-sample max |x| (detached; 1 for all-zero samples), so energies neither overflow nor underflow.
+
+    The ratio is scale invariant, so dividing by a detached per-sample scale changes neither its value nor
+    its gradient, while it keeps |x|^2 * N representable in fp32 for |x| from 1e-30 to 1e30.
+    """
+    amax = x.detach().abs().amax(dim=(1, 2, 3), keepdim=True).to(ops.accumulate_dtype(x.dtype))
+    return torch.where(amax > 0, amax, torch.ones_like(amax))
+
+
+def _ratio(x: Tensor, weight, band, power: int, backend: str) -> Tensor:
+    xs = x.to(ops.accumulate_dtype(x.dtype)) / _sample_scale(x)
+    e_low = _energy(xs, weight, band, power, backend).sum(dim=1)
+    if power == 2:
+        n = x.shape[-2] * x.shape[-1]
+        e_all = n * xs.pow(2).sum(dim=(1, 2, 3))  # Parseval: no transform needed for the full band
+    else:
+        e_all = _energy(xs, None, RadialBand.all(), power, backend).sum(dim=1)
+    return reference._safe_ratio(e_low, e_all)
+
+
+def _handle_nonfinite(x: Tensor, nonfinite: str, name: str) -> Tensor:
+    if nonfinite not in ("raise", "ignore"):
+        raise ValueError(f"nonfinite must be 'raise' or 'ignore', got {nonfinite!r}")
+    if torch.compiler.is_compiling():
+        return x
+    finite = torch.isfinite(x)
+    if bool(finite.all()):
+        return x
+    if nonfinite == "raise":
+        bad = int((~finite).sum())
+        samples = int((~finite).flatten(1).any(dim=1).sum())
+        raise ValueError(
+            f"{name} has {bad} non-finite (NaN/Inf) entries in {samples} of {x.shape[0]} samples; "
+            "pass nonfinite='ignore' to drop those samples from the penalty"
+        )
+    keep = finite.flatten(1).all(dim=1)[:, None, None, None]
+    return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+# --------------------------------------------------------------------------- public API
+def spectral_energy(x: Tensor, mask: MaskLike, *, power: int = 2, backend: str = "auto") -> Tensor:
+    """Spectral energy of each plane over a frequency mask.
+
+    ``E[b, c] = sum_{u,v} h_v * m[u, v] * |X[b, c, u, v]|^power`` with ``X = rfft2(x)`` (unnormalised) and
+    Hermitian weights ``h_v`` so the result equals the full-spectrum sum (``power=2``: ``N * sum x^2``
+    for an all-pass mask, Parseval).
+
+    Args:
+        x: (B, C, H, W) real tensor, any H, W >= 2; float16/bfloat16/float32/float64, any strides.
+        mask: a weight map (H, W//2+1) >= 0 (e.g. :func:`radial_mask`), a :class:`RadialBand`, or a float
+            cutoff meaning ``RadialBand.low(cutoff)``. Bands are generated in-kernel from bin indices.
+        power: 2 (power spectrum) or 1 (magnitude).
+        backend: ``"auto"``, ``"triton"``, ``"cuda"``, ``"cpu"`` or ``"reference"`` (env ``JAFR_BACKEND``).
+
+    Returns:
+        (B, C) energies, float32 (float64 for float64 input); differentiable with respect to x.
+    """
+    x = check_planes(x)
+    weight, band = as_mask(mask, x)
+    return _energy(x, weight, band, _check_power(power), _choose_backend(backend, x))
+
+
+def low_freq_ratio(x: Tensor, cutoff: MaskLike = 0.25, *, power: int = 2, backend: str = "auto") -> Tensor:
+    """Per-sample share of spectral energy in the low band: ``sum_c E_low / sum_c E_all``, shape (B,).
+
+    Args:
+        x: (B, C, H, W) real tensor (see :func:`spectral_energy`).
+        cutoff: normalised radius of the low band ``r <= cutoff`` (1 = Nyquist), or a weight map / RadialBand
+            defining the "low" set.
+        power: 2 or 1.
+
+    Returns:
+        (B,) ratios in [0, 1] (0 for an all-zero sample), float32 (float64 for float64 input). Scale
+        invariant, and finite for magnitudes from 1e-30 to 1e30 in fp32.
+    """
+    x = check_planes(x)
+    weight, band = as_mask(cutoff, x)
+    return _ratio(x, weight, band, _check_power(power), _choose_backend(backend, x))
+
+
+def mean_magnitude(x: Tensor, *, backend: str = "auto") -> Tensor:
+    """Mean over batch and channels of ``|rfft2(x)|`` (H, W//2+1): the Jacobian spectrum of the paper's code."""
+    x = check_planes(x)
+    backend = _choose_backend(backend, x)
+    if backend == "reference":
+        return reference.mean_magnitude(x)
+    return ops.mean_magnitude(x.contiguous(), backend)
+
+
+def _official(jac: Tensor, target: str, max_pow: float, eps: float, backend: str) -> Tensor:
+    h, w = jac.shape[-2:]
+    if h != w:
+        raise ValueError(f"formulation='official' needs square planes (its exponent ramp spans both axes), got {h}x{w}")
+    sign = 1.0 if target == "low" else -1.0
+    if backend == "reference":
+        return reference.official_penalty(jac, sign * max_pow, eps)
+    m = ops.mean_magnitude(jac.contiguous(), backend)
+    k = h // 2 + 1
+    log_m = torch.log(m[:k] + eps)
+    p = torch.linspace(sign * max_pow, -sign * max_pow, k, dtype=m.dtype, device=m.device) + 1e-5
+    rows = (log_m * p[None, :]).sum(dim=1)
+    cols = (log_m * p[:, None]).sum(dim=0)
+    return -torch.logsumexp(torch.cat([rows, cols]), dim=0)
+
+
+def freq_penalty(
+    jac: Tensor,
+    cutoff: MaskLike = 0.25,
+    *,
+    target: str = "low",
+    power: int = 2,
+    formulation: str = "ratio",
+    reduction: str = "mean",
+    max_pow: float = 1.0,
+    eps: float = 1e-5,
+    backend: str = "auto",
+    nonfinite: str = "raise",
+) -> Tensor:
+    """JaFR frequency penalty on a Jacobian (input gradient), a drop-in loss term.
+
+    ``formulation="ratio"`` (default): per sample, the share of the Jacobian's spectral energy outside the
+    low band ``r <= cutoff`` (``target="low"``, pushes energy to low frequencies) or inside it
+    (``target="high"``). Samples whose Jacobian is exactly zero contribute 0 with zero gradient.
+
+    ``formulation="official"``: the authors' regulariser (Chan et al., IJCAI 2022): batch/channel-mean
+    magnitude spectrum cropped to K x K (K = H//2+1), exponent ramp ``linspace(max_pow, -max_pow, K) + 1e-5``
+    (reversed for ``target="high"``), ``-logsumexp`` of the row and column log-sums, floor ``eps``. Square
+    planes only; one value per batch, so ``reduction`` must be ``"mean"``; ``cutoff`` and ``power`` unused.
+
+    Args:
+        jac: (B, C, H, W) Jacobian, e.g. ``torch.autograd.grad(ce, x, create_graph=True)[0]``.
+        cutoff: low-band radius (1 = Nyquist), or a weight map / RadialBand.
+        target: ``"low"`` or ``"high"``.
+        power: 2 (energy) or 1 (magnitude) for the ratio formulation.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per-sample, shape (B,)).
+        nonfinite: ``"raise"`` (default) on NaN/Inf in ``jac`` with the count of bad entries, or ``"ignore"``
+            to give those samples zero penalty.
+        backend: see :func:`spectral_energy`.
+
+    Returns:
+        The penalty, float32 (float64 for float64 input).
+    """
+    jac = check_planes(jac, "jac")
+    if target not in ("low", "high"):
+        raise ValueError(f"target must be 'low' or 'high', got {target!r}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if formulation not in ("ratio", "official"):
+        raise ValueError(f"formulation must be 'ratio' or 'official', got {formulation!r}")
+    backend = _choose_backend(backend, jac)
+    jac = _handle_nonfinite(jac, nonfinite, "jac")
+    if formulation == "official":
+        if reduction != "mean":
+            raise ValueError("formulation='official' yields one value per batch (a batch-mean spectrum); use reduction='mean'")
+        if not (eps > 0):
+            raise ValueError(f"eps must be > 0 for formulation='official', got {eps}")
+        return _official(jac, target, float(max_pow), float(eps), backend)
+    weight, band = as_mask(cutoff, jac)
+    ratio = _ratio(jac, weight, band, _check_power(power), backend)
+    if target == "low":
+        nonzero = jac.detach().flatten(1).ne(0).any(dim=1)
+        per_sample = torch.where(nonzero, 1.0 - ratio, torch.zeros_like(ratio))
+    else:
+        per_sample = ratio
+    return reference._reduce(per_sample, reduction)
