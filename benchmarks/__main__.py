@@ -1,0 +1,103 @@
+"""``python -m benchmarks``: run the benchmark suite, print the tables, write the tagged results.
+
+Runs the ``bench_*.py`` files under pytest-benchmark in this process, then turns its JSON into
+``benchmarks/results/<device>-<time>-<rev>.json`` (every row, tagged with device, torch/triton versions,
+thread count and git revision) plus a markdown file of all tables, prints the targets and the summary
+tables, and (for full runs writing to the default folder) regenerates the results section of
+``benchmarks/README.md``.
+
+Examples::
+
+    python -m benchmarks                 # full CPU suite (about 10 minutes on 2 cores)
+    python -m benchmarks --smoke         # tiny shapes, one round per case (CI)
+    python -m benchmarks --gpu           # CUDA suite: all shapes, fp32 and bf16, Triton targets
+    python -m benchmarks --only training -k resnet
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import configs, report
+
+PARTS = {"kernels": "bench_kernels.py", "training": "bench_training.py", "memory": "bench_memory.py"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description="jafr_kernels benchmark suite (pytest-benchmark).")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes, one round per case, no torch.compile (CI)")
+    parser.add_argument("--gpu", action="store_true", help="run on CUDA: unpruned grid, fp32 + bf16, GPU targets")
+    parser.add_argument("--only", choices=sorted(PARTS), action="append", help="run only these parts (repeatable)")
+    parser.add_argument("-k", dest="keyword", default=None, help="pytest -k expression to select cases")
+    parser.add_argument("--out", type=Path, default=report.RESULTS_DIR, help="folder for the result files")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--no-readme", action="store_true", help="do not regenerate benchmarks/README.md")
+    parser.add_argument("--verbose", action="store_true", help="one line per case instead of dots")
+    return parser.parse_args(argv)
+
+
+def pytest_args(args, json_path: Path) -> list[str]:
+    suite = configs.Suite.make(gpu=args.gpu, smoke=args.smoke)
+    r = configs.rounds(suite)
+    here = report.HERE
+    files = [str(here / PARTS[p]) for p in (args.only or sorted(PARTS))]
+    out = files + [
+        f"--rootdir={here.parent}",
+        "-o", "python_files=bench_*.py",
+        "-o", "addopts=",
+        "-p", "no:cacheprovider",
+        "-W", "ignore::UserWarning",
+        "-v" if args.verbose else "-q",
+        f"--benchmark-json={json_path}",
+        f"--benchmark-min-rounds={r.min_rounds}",
+        f"--benchmark-max-time={r.max_time}",
+        "--benchmark-warmup=off",  # each case warms itself up (and compiles) before timing
+        "--benchmark-quiet",
+    ]
+    if args.smoke:
+        out.append("--jafr-smoke")
+    if args.gpu:
+        out.append("--jafr-gpu")
+    if args.threads:
+        out.append(f"--jafr-threads={args.threads}")
+    if args.keyword:
+        out += ["-k", args.keyword]
+    return out
+
+
+def main(argv=None) -> int:
+    import pytest
+    import torch
+
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    suite = configs.Suite.make(gpu=args.gpu, smoke=args.smoke)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        json_path = Path(tmp) / "pytest-benchmark.json"
+        code = pytest.main(pytest_args(args, json_path))
+        if not json_path.exists():
+            print(f"pytest exited with {code} and wrote no benchmark JSON", file=sys.stderr)
+            return int(code) or 1
+        raw = json.loads(json_path.read_text())
+    results = report.build_results(raw, report.collect_meta(suite))
+    results["meta"]["wall_s"] = time.perf_counter() - start
+    results["meta"]["pytest_exit_code"] = int(code)
+    path = report.write_results(results, args.out)
+    print()
+    print(report.markdown(results))
+    print(f"wrote {path} and {path.with_suffix('.md')} ({len(results['rows'])} rows, {results['meta']['wall_s']:.0f} s)")
+    default_out = args.out.resolve() == report.RESULTS_DIR.resolve()
+    if not args.smoke and not args.no_readme and default_out and not args.keyword and not args.only:
+        if report.update_readme(args.out):
+            print(f"updated {report.README}")
+    return int(code)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""Turn a :class:`~benchmarks.configs.KernelCase` into a zero-argument callable that does the timed work.
+
+Every implementation goes through the public API (``jk.freq_penalty(..., backend=...)`` etc.), so the
+timings include what a user pays: validation, backend choice and the op dispatch. ``"compiled"`` is
+``torch.compile`` of that same call with ``backend="reference"``; ``"authors"`` is
+:mod:`benchmarks.authors_port`; ``"copy"`` is ``dst.copy_(x)``, one read of J and one write of a
+J-sized output, the memory-traffic floor of any forward+backward.
+"""
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Callable
+
+import torch
+
+import jafr_kernels as jk
+from benchmarks import authors_port
+from benchmarks.configs import DTYPES, KernelCase
+
+
+def make_input(shape, dtype: str, device: str, seed: int = 0) -> torch.Tensor:
+    """A standard-normal (B, C, H, W) tensor; spectral costs do not depend on the values."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn(*shape, generator=gen, dtype=torch.float32).to(device=device, dtype=DTYPES[dtype])
+
+
+def op_function(op: str, impl: str, cutoff) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x -> output`` for one op and implementation (``"compiled"`` returns the uncompiled reference call)."""
+    backend = "reference" if impl in ("compiled", "reference") else impl
+    if op == "freq_penalty":
+        return functools.partial(jk.freq_penalty, cutoff=cutoff, backend=backend)
+    if op == "freq_penalty_official":
+        if impl == "authors":
+            return authors_port.official_penalty
+        return functools.partial(jk.freq_penalty, formulation="official", backend=backend)
+    if op == "low_freq_ratio":
+        return functools.partial(jk.low_freq_ratio, cutoff=cutoff, backend=backend)
+    if op == "spectral_energy":
+        return functools.partial(jk.spectral_energy, mask=cutoff, backend=backend)
+    raise ValueError(f"unknown op {op!r}")
+
+
+class CompiledCache:
+    """``torch.compile`` objects, one per (op, mode, cutoff, plane size, dtype), dynamic in batch/channels.
+
+    Compiling with ``dynamic=True`` lets one compiled graph serve every batch and channel count of a plane
+    size, which keeps the number of compilations (seconds each on CPU) small enough for the full suite.
+    """
+
+    def __init__(self):
+        self._fns = {}
+
+    def get(self, case: KernelCase) -> Callable:
+        key = (case.op, case.mode, case.cutoff, case.shape[2:], case.dtype, case.device)
+        if key not in self._fns:
+            self._fns[key] = torch.compile(op_function(case.op, "reference", case.cutoff), dynamic=True)
+        return self._fns[key]
+
+
+def _sync(device: str) -> Callable[[], None]:
+    if device.startswith("cuda"):
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def build_call(case: KernelCase, compiled: CompiledCache | None = None, seed: int = 0) -> Callable[[], object]:
+    """The zero-argument callable to time for ``case`` (it synchronises CUDA before returning)."""
+    x = make_input(case.shape, case.dtype, case.device, seed)
+    sync = _sync(case.device)
+    if case.op == "copy":
+        dst = torch.empty_like(x)
+
+        def copy():
+            dst.copy_(x)
+            sync()
+
+        return copy
+    if case.impl == "compiled":
+        if compiled is None:
+            raise ValueError("a CompiledCache is needed for impl='compiled'")
+        fn = compiled.get(case)
+    else:
+        fn = op_function(case.op, case.impl, case.cutoff)
+    if case.mode == "fwd":
+
+        def forward():
+            with torch.no_grad():
+                out = fn(x)
+            sync()
+            return out
+
+        return forward
+    if case.mode != "fwd+bwd":
+        raise ValueError(f"unknown mode {case.mode!r}")
+    x.requires_grad_(True)
+
+    def forward_backward():
+        out = fn(x)
+        (grad,) = torch.autograd.grad(out.sum(), x)
+        sync()
+        return grad
+
+    return forward_backward
+
+
+def run_timed(benchmark, fn, rounds, kind: str, info: dict):
+    """Warm ``fn`` up (outside the timing), tag the result with ``kind`` and ``info``, and time it."""
+    for _ in range(rounds.warmup_calls):
+        fn()
+    benchmark.extra_info["kind"] = kind
+    benchmark.extra_info.update(info)
+    return benchmark(fn)
+
+
+def quiet_compile_warnings() -> None:
+    """Inductor warns that it leaves complex (FFT) ops to eager; that is expected here."""
+    warnings.filterwarnings("ignore", message=".*does not support code generation for complex.*")

@@ -1,0 +1,244 @@
+"""Benchmark configurations: small dataclasses and the grids built from them.
+
+A :class:`Suite` says where and how hard to run (device, smoke or full, dtypes); the ``*_cases``
+functions turn it into the list of cases each benchmark file is parametrised with. Pruning of the CPU
+grid (so the full CPU suite stays within 15 minutes on 2 cores) happens here and nowhere else:
+
+* batch 256 only for planes up to 64x64; 224x224 planes only at batch 32;
+* cutoff 0.5 only for the eager reference and the extension backends: the reference (eager or compiled)
+  always runs a full ``rfft2`` and a full-size mask multiply, so its cost does not depend on the cutoff,
+  and ``torch.compile`` of it is timed at cutoff 0.25 only (each compile costs seconds on this machine);
+* the official formulation has no cutoff, so it is timed once per shape;
+* Triton on CPU tensors (``TRITON_INTERPRET=1``) is an interpreter for tests, not a backend to time.
+
+The ``--gpu`` suite drops the pruning, adds bf16 and the (4096, 3, 32, 32) copy-bandwidth case.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import torch
+
+# Ops of the kernel benchmarks: the public functions of jafr_kernels they call.
+KERNEL_OPS = ("freq_penalty", "freq_penalty_official", "low_freq_ratio", "spectral_energy")
+MODES = ("fwd", "fwd+bwd")
+EXTENSION_BACKENDS = ("triton", "cuda", "cpu")
+
+# The shape of the headline targets (CIFAR-sized Jacobians of a batch of 256).
+TARGET_SHAPE = (256, 3, 32, 32)
+GPU_BANDWIDTH_SHAPE = (4096, 3, 32, 32)
+TARGET_CUTOFF = 0.25
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
+
+
+@dataclass(frozen=True)
+class Suite:
+    """Where and how thoroughly to run: device ("cpu" or "cuda"), smoke (tiny grid, few rounds), dtypes."""
+
+    device: str = "cpu"
+    smoke: bool = False
+    dtypes: tuple[str, ...] = ("fp32",)
+
+    @classmethod
+    def make(cls, *, gpu: bool, smoke: bool) -> "Suite":
+        return cls(device="cuda" if gpu else "cpu", smoke=smoke, dtypes=("fp32", "bf16") if gpu and not smoke else ("fp32",))
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+
+@dataclass(frozen=True)
+class KernelCase:
+    """One timed kernel call.
+
+    ``impl`` is a backend name (``"reference"`` = the eager pure-PyTorch reference), ``"compiled"``
+    (``torch.compile`` of the reference), ``"authors"`` (eager port of the authors' official-penalty code)
+    or ``"copy"`` (``dst.copy_(src)`` of the input: the read-J-write-dJ memory floor).
+    """
+
+    op: str
+    mode: str
+    impl: str
+    shape: tuple[int, int, int, int]
+    cutoff: Optional[float] = TARGET_CUTOFF
+    dtype: str = "fp32"
+    device: str = "cpu"
+
+    @property
+    def id(self) -> str:
+        b, c, h, w = self.shape
+        cut = "" if self.cutoff is None else f"-c{self.cutoff:g}"
+        return f"{self.op}-{self.mode}-{self.impl}-{b}x{c}x{h}x{w}{cut}-{self.dtype}"
+
+    @property
+    def input_bytes(self) -> int:
+        b, c, h, w = self.shape
+        return b * c * h * w * DTYPES[self.dtype].itemsize
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        d["input_bytes"] = self.input_bytes
+        return d
+
+
+@dataclass(frozen=True)
+class TrainCase:
+    """One timed training step: ``method`` in standard | jafr_double | jafr_fd | gradalign."""
+
+    model: str
+    method: str
+    batch: int
+    size: int
+    channels: int
+    num_classes: int = 10
+    device: str = "cpu"
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}-{self.method}-b{self.batch}-{self.size}px"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MemoryCase:
+    """Peak extra memory of one ``freq_penalty`` forward+backward."""
+
+    impl: str
+    shape: tuple[int, int, int, int]
+    formulation: str = "ratio"
+    cutoff: float = TARGET_CUTOFF
+    dtype: str = "fp32"
+    device: str = "cpu"
+
+    @property
+    def id(self) -> str:
+        b, c, h, w = self.shape
+        return f"{self.formulation}-{self.impl}-{b}x{c}x{h}x{w}-{self.dtype}"
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+
+@dataclass(frozen=True)
+class Rounds:
+    """pytest-benchmark calibration: at least ``min_rounds`` rounds, at most about ``max_time`` seconds."""
+
+    min_rounds: int
+    max_time: float
+    warmup_calls: int = 2
+
+
+def rounds(suite: Suite) -> Rounds:
+    return Rounds(min_rounds=1, max_time=0.0, warmup_calls=1) if suite.smoke else Rounds(min_rounds=5, max_time=0.2)
+
+
+# --------------------------------------------------------------------------- grids
+def available_backends(device: torch.device) -> list[str]:
+    """Extension backends that can serve ``device`` (Triton only on a real GPU)."""
+    from jafr_kernels import backends
+
+    names = []
+    for name in EXTENSION_BACKENDS:
+        if name == "triton" and device.type != "cuda":
+            continue
+        if backends.unavailable_reason(name, device) is None:
+            names.append(name)
+    return names
+
+
+def kernel_shapes(suite: Suite) -> list[tuple[int, int, int, int]]:
+    if suite.smoke:
+        return [(4, 1, 28, 28), (4, 3, 32, 32)]
+    shapes = []
+    for b in (32, 256):
+        for c in (1, 3):
+            for s in (28, 32, 64, 224):
+                if suite.device == "cpu" and b == 256 and s > 64:
+                    continue  # pruned on CPU: 224^2 planes only at batch 32
+                shapes.append((b, c, s, s))
+    return shapes
+
+
+def kernel_cases(suite: Suite) -> list[KernelCase]:
+    """The kernel grid: every op x mode x impl x shape x cutoff x dtype that the suite runs."""
+    dev = suite.torch_device
+    backends = available_backends(dev)
+    cutoffs = (TARGET_CUTOFF,) if suite.smoke else (0.25, 0.5)
+    compiled = not suite.smoke  # compiling takes ~20 s on a cold CPU: not in the CI smoke run
+    cases = []
+    for dtype in suite.dtypes:
+        for op in KERNEL_OPS:
+            for mode in MODES:
+                for shape in kernel_shapes(suite):
+                    if op == "freq_penalty_official":
+                        impls = ["reference", "authors"] + (["compiled"] if compiled else []) + backends
+                        cases += [KernelCase(op, mode, i, shape, None, dtype, suite.device) for i in impls]
+                        continue
+                    for cut in cutoffs:
+                        impls = ["reference"] + backends
+                        if compiled and (cut == TARGET_CUTOFF or suite.device == "cuda"):
+                            impls.insert(1, "compiled")
+                        cases += [KernelCase(op, mode, i, shape, cut, dtype, suite.device) for i in impls]
+    # Memory floors: copy the input once (read J, write dJ) at every shape, and the GPU bandwidth shape.
+    floor_shapes = list(kernel_shapes(suite))
+    if suite.device == "cuda" and not suite.smoke:
+        floor_shapes.append(GPU_BANDWIDTH_SHAPE)
+        for b in backends:
+            cases.append(KernelCase("freq_penalty", "fwd+bwd", b, GPU_BANDWIDTH_SHAPE, TARGET_CUTOFF, "fp32", suite.device))
+        cases.append(KernelCase("freq_penalty", "fwd+bwd", "reference", GPU_BANDWIDTH_SHAPE, TARGET_CUTOFF, "fp32", suite.device))
+    for dtype in suite.dtypes:
+        cases += [KernelCase("copy", "fwd+bwd", "copy", s, None, dtype, suite.device) for s in floor_shapes]
+    return cases
+
+
+def profile_cases(suite: Suite) -> list[KernelCase]:
+    """Where the time goes at the headline shape: eager reference and every extension backend."""
+    shape = (4, 3, 32, 32) if suite.smoke else TARGET_SHAPE
+    impls = ["reference"] + available_backends(suite.torch_device)
+    return [KernelCase("freq_penalty", "fwd+bwd", i, shape, TARGET_CUTOFF, "fp32", suite.device) for i in impls]
+
+
+def train_cases(suite: Suite) -> list[TrainCase]:
+    methods = ("standard", "jafr_double", "jafr_fd", "gradalign")
+    if suite.smoke:
+        models = [("small_cnn", 4, 28, 1), ("preact_resnet18", 2, 32, 3)]
+    elif suite.device == "cpu":
+        models = [("small_cnn", 32, 28, 1), ("preact_resnet18", 32, 32, 3)]
+    else:
+        models = [("small_cnn", 256, 28, 1), ("preact_resnet18", 128, 32, 3)]
+    return [TrainCase(m, meth, b, s, c, device=suite.device) for m, b, s, c in models for meth in methods]
+
+
+def memory_cases(suite: Suite) -> list[MemoryCase]:
+    shapes = [(4, 3, 32, 32)] if suite.smoke else [TARGET_SHAPE, (32, 3, 224, 224)]
+    impls = ["reference"] + available_backends(suite.torch_device)
+    cases = []
+    for shape in shapes:
+        for formulation in ("ratio", "official"):
+            cases += [MemoryCase(i, shape, formulation, device=suite.device) for i in impls]
+    return cases
+
+
+@dataclass
+class Meta:
+    """What every result file is tagged with."""
+
+    device: str
+    device_name: str
+    torch: str
+    triton: Optional[str]
+    threads: int
+    git_revision: str
+    git_dirty: bool
+    smoke: bool
+    created: str
+    backends: dict = field(default_factory=dict)
+    dtypes: list = field(default_factory=list)

@@ -1,0 +1,64 @@
+"""pytest wiring of the benchmark suite: options, the suite fixture and the case parametrisation.
+
+Run through ``python -m benchmarks`` (which adds the pytest-benchmark options and post-processes the
+JSON); ``pytest benchmarks -o python_files='bench_*.py' --jafr-smoke`` works too.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks import configs
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("jafr", "jafr_kernels benchmarks")
+    group.addoption("--jafr-smoke", action="store_true", help="tiny shapes and one round per case (CI)")
+    group.addoption("--jafr-gpu", action="store_true", help="run on CUDA: no pruning, fp32 and bf16")
+    group.addoption("--jafr-threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
+
+
+def _suite(config) -> configs.Suite:
+    return configs.Suite.make(gpu=config.getoption("--jafr-gpu"), smoke=config.getoption("--jafr-smoke"))
+
+
+def pytest_configure(config):
+    threads = config.getoption("--jafr-threads", default=0)
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def pytest_generate_tests(metafunc):
+    suite = _suite(metafunc.config)
+    grids = {
+        "kernel_case": configs.kernel_cases,
+        "profile_case": configs.profile_cases,
+        "train_case": configs.train_cases,
+        "memory_case": configs.memory_cases,
+    }
+    for name, grid in grids.items():
+        if name in metafunc.fixturenames:
+            cases = grid(suite)
+            metafunc.parametrize(name, cases, ids=[c.id for c in cases])
+
+
+@pytest.fixture(scope="session")
+def suite(request) -> configs.Suite:
+    s = _suite(request.config)
+    if s.device == "cuda" and not torch.cuda.is_available():
+        pytest.exit("--gpu was given but torch.cuda.is_available() is False", returncode=2)
+    return s
+
+
+@pytest.fixture(scope="session")
+def bench_rounds(suite) -> configs.Rounds:
+    return configs.rounds(suite)
+
+
+@pytest.fixture(scope="session")
+def compiled_cache():
+    from benchmarks.calls import CompiledCache, quiet_compile_warnings
+
+    quiet_compile_warnings()
+    return CompiledCache()
+
