@@ -1,0 +1,17 @@
+"""``python -m jafr_kernels.train [options]``: the same as ``jafr train [options]``."""
+import argparse
+import sys
+
+from jafr_kernels.train import cli
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jafr_kernels.train")
+    sub = parser.add_subparsers(dest="command", required=True)
+    cli.register(sub)
+    args = parser.parse_args(["train"] + list(sys.argv[1:] if argv is None else argv))
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""The JaFR training objective, usable in any training loop.
+
+``J = dCE_mean/dx`` is the input gradient of the batch-mean cross-entropy with the true labels (as in the
+authors' code), taken at the clean input. The objective is ``CE(f(x_main), y) + lam * P(J)`` with
+``x_main = x`` (standard training, one shared forward) or an adversarial input.
+
+Two ways to get the parameter gradient of ``lam * P(J(theta))``:
+
+* ``"double_backward"``: J with ``create_graph=True`` and one ``backward()`` through it (the paper).
+* ``"finite_difference"``: with ``v = dP/dJ`` held fixed, ``d/dtheta P(J) ~ d/dtheta (L(x + h v) - L(x)) / h``
+  (a finite-difference Hessian-vector product). One backward of the clean CE gives both J and the clean
+  parameter gradient ``g_clean``, one forward/backward at ``x + h v`` gives ``g_pert``; for standard training
+  the total gradient is ``(1 - lam/h) g_clean + (lam/h) g_pert``: two forward and two backward passes and no
+  second derivative, so it works for ops without a double backward. ``h = fd_h * ||x|| / ||v||``.
+
+Both return a scalar ``loss`` whose single ``loss.backward()`` produces the parameter gradient (so under
+DDP that one backward does the all-reduce) and whose value is ``CE + lam * P``.
+
+DDP batch semantics: every quantity is per process. J is the gradient of the per-process mean CE, the
+penalty is the mean over the per-process batch, and DDP averages gradients over processes. For the
+per-sample ratio penalty (scale invariant) with equal per-process batches this equals the single-process
+objective on the global batch. The official formulation uses a batch-mean spectrum, which is then the
+per-process batch's spectrum (not the global batch's), and finite differences use a per-process ``h``.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import jafr_kernels as jk
+
+JACOBIAN_MODES = ("double_backward", "finite_difference")
+
+
+@dataclass
+class ObjectiveResult:
+    """Output of an objective. ``loss``: scalar to call ``backward()`` on (value ``ce + lam * penalty`` plus any
+    other regulariser); the rest are detached diagnostics: ``ce`` of the main term, ``penalty`` P(J),
+    ``lf_ratio`` the batch-mean low-frequency ratio of J, ``logits`` of the main term, ``jac`` J (B, C, H, W)."""
+
+    loss: Tensor
+    ce: Tensor
+    logits: Tensor
+    penalty: Optional[Tensor] = None
+    lf_ratio: Optional[Tensor] = None
+    jac: Optional[Tensor] = None
+    extra: dict = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def frozen_bn_stats(model: nn.Module, enabled: bool = True):
+    """Leave every BatchNorm's running statistics (and batch counter) untouched by the forwards inside: they
+    still use batch statistics in train mode, but update throw-away copies. The original buffers are swapped
+    back, never written, so autograd's saved tensors stay valid."""
+    if not enabled:
+        yield
+        return
+    saved = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.running_mean is not None:
+            saved.append((m, m.running_mean, m.running_var, m.num_batches_tracked))
+            m.running_mean, m.running_var = m.running_mean.clone(), m.running_var.clone()
+            m.num_batches_tracked = m.num_batches_tracked.clone()
+    try:
+        yield
+    finally:
+        for m, mean, var, count in saved:
+            m.running_mean, m.running_var, m.num_batches_tracked = mean, var, count
+
+
+def _autocast(x: Tensor, dtype: Optional[torch.dtype]):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=x.device.type, dtype=dtype)
+
+
+def _forward_ce(model, x, y, autocast_dtype):
+    with _autocast(x, autocast_dtype):
+        logits = model(x)
+    return logits, F.cross_entropy(logits.float(), y)
+
+
+def default_penalty(cutoff=0.25, target="low", formulation="ratio", backend="auto") -> Callable[[Tensor], Tensor]:
+    """``J -> jk.freq_penalty(J, cutoff, target=..., formulation=...)`` (spectral maths in fp32 or fp64)."""
+    return functools.partial(jk.freq_penalty, cutoff=cutoff, target=target, formulation=formulation, backend=backend)
+
+
+def _lf_ratio(jac: Tensor, cutoff) -> Tensor:
+    return jk.low_freq_ratio(jac.detach().float() if jac.dtype in (torch.float16, torch.bfloat16) else jac.detach(), cutoff).mean()
+
+
+def jafr_objective(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    lam: float = 0.1,
+    *,
+    penalty: Optional[Callable[[Tensor], Tensor]] = None,
+    cutoff=0.25,
+    target: str = "low",
+    formulation: str = "ratio",
+    jacobian_mode: str = "double_backward",
+    x_main: Optional[Tensor] = None,
+    fd_h: float = 0.01,
+    freeze_bn: bool = True,
+    autocast_dtype: Optional[torch.dtype] = None,
+) -> ObjectiveResult:
+    """JaFR loss ``CE(f(x_main), y) + lam * P(J)``, J the input gradient of the batch-mean CE at the clean x.
+
+    Args:
+        model: any module mapping (B, C, H, W) to (B, K) logits (train or eval mode, left as set).
+        x: (B, C, H, W) clean inputs (float32/float64); y: (B,) int64 labels.
+        lam: penalty weight.
+        penalty: callable J -> scalar; default ``jk.freq_penalty(J, cutoff, target=target, formulation=formulation)``.
+        jacobian_mode: ``"double_backward"`` or ``"finite_difference"`` (see the module docstring).
+        x_main: input of the CE term (e.g. adversarial); None uses x and shares its forward pass.
+        fd_h: finite-difference step relative to ``||x|| / ||v||``.
+        freeze_bn: keep BatchNorm running statistics untouched by the extra passes (the Jacobian pass when
+            ``x_main`` is given, and the finite-difference pass).
+        autocast_dtype: e.g. ``torch.bfloat16`` to run the model under autocast; CE and spectra stay fp32.
+
+    Returns:
+        :class:`ObjectiveResult`; call ``result.loss.backward()`` once.
+    """
+    if jacobian_mode not in JACOBIAN_MODES:
+        raise ValueError(f"jacobian_mode must be one of {JACOBIAN_MODES}, got {jacobian_mode!r}")
+    if not fd_h > 0:
+        raise ValueError(f"fd_h must be > 0, got {fd_h}")
+    penalty = penalty or default_penalty(cutoff, target, formulation)
+    xc = x.detach().requires_grad_(True)
+    shared = x_main is None
+    if jacobian_mode == "double_backward":
+        with frozen_bn_stats(model, freeze_bn and not shared):
+            logits, ce_clean = _forward_ce(model, xc, y, autocast_dtype)
+        (jac,) = torch.autograd.grad(ce_clean, xc, create_graph=lam != 0)
+        pen = penalty(jac)
+        if shared:
+            logits_main, ce_main = logits, ce_clean
+        else:
+            logits_main, ce_main = _forward_ce(model, x_main, y, autocast_dtype)
+        loss = ce_main + lam * pen if lam != 0 else ce_main
+        return ObjectiveResult(loss, ce_main.detach(), logits_main.detach(), pen.detach(), _lf_ratio(jac, cutoff), jac.detach())
+
+    # finite differences: one backward gives J and g_clean; then a forward/backward at x + h v
+    params = [p for p in model.parameters() if p.requires_grad]
+    with frozen_bn_stats(model, freeze_bn and not shared):
+        logits, ce_clean = _forward_ce(model, xc, y, autocast_dtype)
+    grads = torch.autograd.grad(ce_clean, [xc] + params, allow_unused=True)
+    jac, g_clean = grads[0].detach(), grads[1:]
+    jac_leaf = jac.clone().requires_grad_(True)
+    with torch.enable_grad():
+        pen = penalty(jac_leaf)
+    (v,) = torch.autograd.grad(pen, jac_leaf)
+    v_norm = v.norm()
+    if shared:
+        logits_main, ce_main = logits, ce_clean
+        main_term = sum((p * g).sum() for p, g in zip(params, g_clean) if g is not None)
+    else:
+        logits_main, ce_main = _forward_ce(model, x_main, y, autocast_dtype)
+        main_term = ce_main
+    extra = {}
+    if lam != 0 and v_norm > 0:
+        h = float(fd_h * x.detach().norm() / v_norm)
+        c = lam / h
+        with frozen_bn_stats(model, freeze_bn):
+            _, ce_pert = _forward_ce(model, x.detach() + h * v.to(x.dtype), y, autocast_dtype)
+        clean_lin = sum((p * g).sum() for p, g in zip(params, g_clean) if g is not None)
+        surrogate = main_term + c * (ce_pert - clean_lin)
+        extra["fd_h"] = h
+    else:
+        surrogate = main_term
+    value = (ce_main + lam * pen).detach()
+    loss = value + (surrogate - surrogate.detach())
+    return ObjectiveResult(loss, ce_main.detach(), logits_main.detach(), pen.detach(), _lf_ratio(jac, cutoff), jac, extra)
+
+
+def gradalign_objective(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    x_main: Tensor,
+    eps: float,
+    lam: float = 0.2,
+    *,
+    generator: Optional[torch.Generator] = None,
+    freeze_bn: bool = True,
+    autocast_dtype: Optional[torch.dtype] = None,
+) -> ObjectiveResult:
+    """GradAlign (Andriushchenko & Flammarion 2020): ``CE(f(x_main), y) + lam * mean_b (1 - cos(g1_b, g2_b))``
+    with ``g1 = grad_x CE(x)`` (detached) and ``g2 = grad_x CE(x + eta)`` (double backprop), eta ~ U(-eps, eps)."""
+    with frozen_bn_stats(model, freeze_bn):
+        xc = x.detach().requires_grad_(True)
+        _, ce1 = _forward_ce(model, xc, y, autocast_dtype)
+        (g1,) = torch.autograd.grad(ce1, xc)
+        eta = (torch.rand(x.shape, generator=generator, dtype=x.dtype) * 2 - 1).to(x.device) * eps
+        x2 = (x.detach() + eta).requires_grad_(True)
+        _, ce2 = _forward_ce(model, x2, y, autocast_dtype)
+        (g2,) = torch.autograd.grad(ce2, x2, create_graph=True)
+    cos = F.cosine_similarity(g1.flatten(1), g2.flatten(1), dim=1)
+    reg = (1.0 - cos).mean()
+    logits_main, ce_main = _forward_ce(model, x_main, y, autocast_dtype)
+    loss = ce_main + lam * reg
+    return ObjectiveResult(loss, ce_main.detach(), logits_main.detach(), reg.detach(), None, None)
+
+
+def jacobian_low_freq_ratio(model: nn.Module, x: Tensor, y: Tensor, cutoff=0.25, batch_size: int = 256) -> float:
+    """Mean low-frequency ratio (r <= cutoff) of the input gradient of the CE, per sample, in eval mode
+    (so each sample's J is independent of its batch). The model's train/eval mode is restored."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i:i + batch_size].detach().requires_grad_(True)
+            ce = F.cross_entropy(model(xb), y[i:i + batch_size], reduction="sum")
+            (jac,) = torch.autograd.grad(ce, xb)
+            total += float(jk.low_freq_ratio(jac, cutoff).sum())
+            count += xb.shape[0]
+    finally:
+        model.train(was_training)
+    return total / count
