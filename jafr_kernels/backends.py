@@ -33,9 +33,9 @@ class BackendUnavailableError(RuntimeError):
 def _extension():
     """The compiled extension ``jafr_kernels._C`` or the import error as a string."""
     try:
-        from jafr_kernels import _C  # noqa: PLC0415
+        from jafr_kernels.kernels import cpp  # noqa: PLC0415
 
-        return _C
+        return cpp
     except ImportError as exc:  # not built: the reference still works
         return f"the C++ extension jafr_kernels._C is not built ({exc}); reinstall with `pip install --no-build-isolation .`"
 

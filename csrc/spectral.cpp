@@ -1,0 +1,306 @@
+// C++ backend of jafr_kernels: masked spectral energies and batch-mean magnitude spectra, with backwards.
+//
+// The host logic below is device-agnostic (ATen FFT / GEMM dispatch to CPU or CUDA); only the per-bin
+// stages differ: at::parallel_for loops here, CUDA kernels in spectral_cuda.cu, both calling the same
+// inline maths of spectral_math.h.
+//
+// Two transform paths compute the spectrum X of each (b, c) plane:
+//  * full:    X = rfft2(x) (pocketfft / MKL on CPU, cuFFT on CUDA);
+//  * partial: only the rows |u| <= U and columns v <= V that the mask can touch, as two thin real GEMMs
+//             (x @ [cos | -sin] over columns, then [cos; -sin] @ . over rows). A low band of small cutoff
+//             touches few bins, so this costs O(H W V + U V H) per plane instead of a full FFT, and its
+//             backward is the transpose: two more thin GEMMs give the band-passed plane directly.
+// The backward recomputes the spectrum: nothing is stored between forward and backward but x.
+#include "spectral.h"
+
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <vector>
+
+#include "spectral_math.h"
+
+namespace jafr {
+namespace {
+
+enum Path : int64_t { kAuto = 0, kPartial = 1, kFull = 2 };
+
+at::ScalarType compute_type(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// (B, C, H, W) of any float dtype and strides -> contiguous (P, H, W) planes in the compute dtype.
+at::Tensor as_planes(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 4, "jafr: expected a (B, C, H, W) tensor, got ", x.dim(), " dimensions");
+  TORCH_CHECK(x.is_floating_point(), "jafr: expected a real floating tensor, got ", x.scalar_type());
+  TORCH_CHECK(x.size(2) >= 2 && x.size(3) >= 2, "jafr: planes must be at least 2x2, got ", x.size(2), "x", x.size(3));
+  return x.to(compute_type(x)).contiguous().view({-1, x.size(2), x.size(3)});
+}
+
+int64_t isqrt_floor(int64_t n) {
+  int64_t r = static_cast<int64_t>(std::sqrt(static_cast<double>(n)));
+  while (r > 0 && r * r > n) --r;
+  while ((r + 1) * (r + 1) <= n) ++r;
+  return r;
+}
+
+// Which spectrum bins a call needs, and which transform path computes them.
+struct Plan {
+  int64_t H, W;
+  at::Tensor rows;  // (U,) int64 row frequencies, on the tensor's device
+  int64_t cols;     // V: columns 0..V-1
+  bool full;
+  at::Tensor weight;  // (U, V) gathered weight map, or undefined
+};
+
+Plan make_plan(const at::Tensor& planes, const c10::optional<at::Tensor>& weight_opt, int64_t q_hi, int64_t path) {
+  const int64_t H = planes.size(1), W = planes.size(2), Wr = W / 2 + 1;
+  at::Tensor weight;
+  std::vector<int64_t> rows;
+  int64_t cols = 0;
+  if (weight_opt.has_value() && weight_opt->defined()) {
+    weight = weight_opt->to(planes.scalar_type()).contiguous();
+    TORCH_CHECK(weight.dim() == 2 && weight.size(0) == H && weight.size(1) == Wr, "jafr: weight map must be (H, W//2+1) = (",
+                H, ", ", Wr, "), got ", weight.sizes());
+    const at::Tensor nz = weight.ne(0).cpu();
+    const at::Tensor row_any = nz.any(1), col_any = nz.any(0);
+    for (int64_t u = 0; u < H; ++u)
+      if (row_any[u].item<bool>()) rows.push_back(u);
+    for (int64_t v = Wr - 1; v >= 0; --v)
+      if (col_any[v].item<bool>()) {
+        cols = v + 1;
+        break;
+      }
+  } else {
+    const int64_t ur = std::min(H / 2, isqrt_floor(q_hi / (W * W)));
+    cols = std::min(W / 2, isqrt_floor(q_hi / (H * H))) + 1;
+    for (int64_t u = 0; u < H; ++u)
+      if (std::min(u, H - u) <= ur) rows.push_back(u);
+  }
+  const int64_t U = static_cast<int64_t>(rows.size());
+  // Real multiply-adds per plane: the partial transform (forward) vs a full real FFT (~2.5 N log2 N flops,
+  // at several times lower throughput than a GEMM). The factor was measured on the CPU; see benchmarks/.
+  const double partial_cost = 2.0 * cols * H * W + 4.0 * U * cols * H;
+  const double fft_cost = 1.5 * H * W * std::log2(static_cast<double>(H * W));
+  bool full = path == kFull || (path == kAuto && partial_cost > fft_cost);
+  if (U == 0 || cols == 0) full = false;  // empty mask: nothing to transform
+  Plan plan{H, W, at::Tensor(), cols, full, at::Tensor()};
+  if (full) {
+    plan.rows = at::arange(H, planes.options().dtype(at::kLong));
+    plan.cols = Wr;
+    plan.weight = weight;
+  } else {
+    plan.rows = at::tensor(rows, at::TensorOptions().dtype(at::kLong)).to(planes.device());
+    if (weight.defined()) plan.weight = weight.index_select(0, plan.rows).narrow(1, 0, cols).contiguous();
+  }
+  return plan;
+}
+
+// (n, 2k) real DFT factors [cos(2 pi j t / n) | -sin(2 pi j t / n)] for t < n (rows), j in `freqs` (cols).
+at::Tensor dft_factors(int64_t n, const at::Tensor& freqs, const at::TensorOptions& opts) {
+  const at::Tensor t = at::arange(n, at::TensorOptions().dtype(at::kLong));
+  const at::Tensor phase = at::remainder(t.unsqueeze(1) * freqs.cpu().unsqueeze(0), n).to(at::kDouble) * (2.0 * M_PI / n);
+  return at::cat({at::cos(phase), -at::sin(phase)}, 1).to(opts);
+}
+
+// Spectrum (P, U, V, 2) of the planes on the plan's bins.
+at::Tensor spectrum(const at::Tensor& planes, const Plan& plan) {
+  const int64_t P = planes.size(0), H = plan.H, W = plan.W;
+  if (plan.full) return at::view_as_real(at::fft_rfft2(planes)).contiguous();
+  const int64_t U = plan.rows.size(0), V = plan.cols;
+  const at::Tensor cw = dft_factors(W, at::arange(V, at::kLong), planes.options());  // (W, 2V)
+  const at::Tensor rh = dft_factors(H, plan.rows, planes.options()).t();              // (2U, H)
+  const at::Tensor y = at::matmul(planes.view({P * H, W}), cw).view({P, H, 2 * V});   // [Re | Im] over columns
+  const at::Tensor z = at::matmul(rh, y);                                               // (P, 2U, 2V)
+  const at::Tensor cc = z.slice(1, 0, U), sc = z.slice(1, U, 2 * U);
+  const at::Tensor re = cc.slice(2, 0, V) - sc.slice(2, V, 2 * V);
+  const at::Tensor im = cc.slice(2, V, 2 * V) + sc.slice(2, 0, V);
+  return at::stack({re, im}, -1);
+}
+
+// Re(sum_{u in rows, v < V} G_uv e^{+2 pi i (u h / H + v w / W)}) for G (P, U, V, 2): the partial transform's adjoint.
+at::Tensor partial_synthesis(const at::Tensor& g, const Plan& plan) {
+  const int64_t P = g.size(0), H = plan.H, W = plan.W, V = plan.cols;
+  const at::Tensor cw = dft_factors(W, at::arange(V, at::kLong), g.options());  // (W, 2V)
+  const at::Tensor rh = dft_factors(H, plan.rows, g.options());                 // (H, 2U)
+  const at::Tensor gr = g.select(3, 0), gi = g.select(3, 1);
+  const at::Tensor s = at::cat({at::cat({gr, gi}, 2), at::cat({gi, -gr}, 2)}, 1);  // (P, 2U, 2V)
+  const at::Tensor q = at::matmul(rh, s);                                            // (P, H, 2V) = [Re | Im]
+  return at::matmul(q.reshape({P * H, 2 * V}), cw.t()).view({P, H, W});
+}
+
+// Mirror columns v = 0 and (even W) v = W/2 into Hermitian form in u, which leaves
+// Re(sum_u G_uv e^{+i...}) unchanged and makes irfft2 reproduce it exactly.
+void hermitianize_edge_columns(at::Tensor& g_complex, int64_t W) {
+  std::vector<int64_t> edge{0};
+  if (W % 2 == 0) edge.push_back(W / 2);
+  for (const int64_t c : edge) {
+    at::Tensor col = g_complex.select(2, c);  // (P, H)
+    const at::Tensor mirrored = at::roll(at::flip(col, {1}), {1}, {1}).conj();
+    col.copy_((col + mirrored) / 2);
+  }
+}
+
+template <typename scalar_t>
+std::vector<scalar_t> bin_table(const at::Tensor& rows_cpu, int64_t V, int64_t H, int64_t W, int64_t q_lo, int64_t q_hi,
+                                const at::Tensor& weight, bool hermitian) {
+  const int64_t U = rows_cpu.size(0);
+  const int64_t* r = rows_cpu.data_ptr<int64_t>();
+  const at::Tensor w_cpu = weight.defined() ? weight.cpu().contiguous() : weight;
+  const scalar_t* wp = w_cpu.defined() ? w_cpu.data_ptr<scalar_t>() : nullptr;
+  std::vector<scalar_t> table(U * V);
+  for (int64_t i = 0; i < U; ++i)
+    for (int64_t v = 0; v < V; ++v) {
+      const scalar_t m = mask_value<scalar_t>(r[i], v, H, W, q_lo, q_hi, wp ? wp + i * V + v : nullptr);
+      table[i * V + v] = hermitian ? m * hermitian_weight<scalar_t>(v, W) : m;
+    }
+  return table;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------- stages (CPU)
+at::Tensor energy_stage(const at::Tensor& spec, const at::Tensor& rows, const at::Tensor& weight, int64_t H, int64_t W,
+                        int64_t q_lo, int64_t q_hi, int64_t power) {
+#ifdef JAFR_WITH_CUDA
+  if (spec.is_cuda()) return energy_stage_cuda(spec, rows, weight, H, W, q_lo, q_hi, power);
+#endif
+  TORCH_CHECK(spec.device().is_cpu(), "jafr: this build has no CUDA support for ", spec.device());
+  const int64_t P = spec.size(0), U = spec.size(1), V = spec.size(2);
+  at::Tensor out = at::empty({P}, spec.options());
+  AT_DISPATCH_FLOATING_TYPES(spec.scalar_type(), "jafr_energy_stage", [&] {
+    const std::vector<scalar_t> table = bin_table<scalar_t>(rows.cpu(), V, H, W, q_lo, q_hi, weight, true);
+    const scalar_t* s = spec.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        const scalar_t* sp = s + p * U * V * 2;
+        double acc = 0.0;  // double accumulation: sums of up to ~1e5 bins stay far below fp32 rounding
+        for (int64_t k = 0; k < U * V; ++k)
+          if (table[k] != scalar_t(0)) acc += static_cast<double>(table[k] * bin_energy(sp[2 * k], sp[2 * k + 1], power));
+        o[p] = static_cast<scalar_t>(acc);
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor energy_grad_stage(const at::Tensor& spec, const at::Tensor& rows, const at::Tensor& weight, int64_t H,
+                             int64_t W, int64_t q_lo, int64_t q_hi, int64_t power, const at::Tensor& grad,
+                             double scale, bool hermitian) {
+#ifdef JAFR_WITH_CUDA
+  if (spec.is_cuda()) return energy_grad_stage_cuda(spec, rows, weight, H, W, q_lo, q_hi, power, grad, scale, hermitian);
+#endif
+  TORCH_CHECK(spec.device().is_cpu(), "jafr: this build has no CUDA support for ", spec.device());
+  const int64_t P = spec.size(0), U = spec.size(1), V = spec.size(2);
+  at::Tensor out = at::empty_like(spec);
+  AT_DISPATCH_FLOATING_TYPES(spec.scalar_type(), "jafr_energy_grad_stage", [&] {
+    const std::vector<scalar_t> table = bin_table<scalar_t>(rows.cpu(), V, H, W, q_lo, q_hi, weight, hermitian);
+    const scalar_t* s = spec.data_ptr<scalar_t>();
+    const scalar_t* g = grad.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        const scalar_t gp = g[p] * static_cast<scalar_t>(scale);
+        const int64_t base = p * U * V * 2;
+        for (int64_t k = 0; k < U * V; ++k)
+          bin_energy_grad(s[base + 2 * k], s[base + 2 * k + 1], gp * table[k], static_cast<int>(power), o + base + 2 * k,
+                          o + base + 2 * k + 1);
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor phasor_stage(const at::Tensor& spec, const at::Tensor& g, int64_t W, double scale) {
+#ifdef JAFR_WITH_CUDA
+  if (spec.is_cuda()) return phasor_stage_cuda(spec, g, W, scale);
+#endif
+  TORCH_CHECK(spec.device().is_cpu(), "jafr: this build has no CUDA support for ", spec.device());
+  const int64_t P = spec.size(0), U = spec.size(1), V = spec.size(2);
+  at::Tensor out = at::empty_like(spec);
+  AT_DISPATCH_FLOATING_TYPES(spec.scalar_type(), "jafr_phasor_stage", [&] {
+    const scalar_t* s = spec.data_ptr<scalar_t>();
+    const scalar_t* gv = g.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        const int64_t base = p * U * V * 2;
+        for (int64_t k = 0; k < U * V; ++k) {
+          const scalar_t f = static_cast<scalar_t>(scale) * gv[k] / hermitian_weight<scalar_t>(k % V, W);
+          bin_energy_grad(s[base + 2 * k], s[base + 2 * k + 1], f, 1, o + base + 2 * k, o + base + 2 * k + 1);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------- ops
+at::Tensor energy(const at::Tensor& x, const c10::optional<at::Tensor>& weight, int64_t q_lo, int64_t q_hi, int64_t power,
+                  int64_t path) {
+  TORCH_CHECK(power == 1 || power == 2, "jafr: power must be 1 or 2, got ", power);
+  const at::Tensor planes = as_planes(x);
+  const Plan plan = make_plan(planes, weight, q_hi, path);
+  if (plan.rows.size(0) == 0 || plan.cols == 0) return at::zeros({x.size(0), x.size(1)}, planes.options());
+  const at::Tensor e = energy_stage(spectrum(planes, plan), plan.rows, plan.weight, plan.H, plan.W, q_lo, q_hi, power);
+  return e.view({x.size(0), x.size(1)});
+}
+
+at::Tensor energy_backward(const at::Tensor& grad, const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                           int64_t q_lo, int64_t q_hi, int64_t power, int64_t path) {
+  TORCH_CHECK(power == 1 || power == 2, "jafr: power must be 1 or 2, got ", power);
+  const at::Tensor planes = as_planes(x);
+  const Plan plan = make_plan(planes, weight, q_hi, path);
+  if (plan.rows.size(0) == 0 || plan.cols == 0) return at::zeros_like(x, at::MemoryFormat::Contiguous);
+  const at::Tensor g = grad.to(planes.scalar_type()).contiguous().view({-1});
+  const at::Tensor spec = spectrum(planes, plan);
+  at::Tensor dx;
+  if (plan.full) {
+    // Re(sum h_v G e^{+i..}) = N irfft2(G): the mask is symmetric, so G's edge columns are already Hermitian.
+    const double n = static_cast<double>(plan.H * plan.W);
+    const at::Tensor gs = energy_grad_stage(spec, plan.rows, plan.weight, plan.H, plan.W, q_lo, q_hi, power, g, n, false);
+    dx = at::fft_irfft2(at::view_as_complex(gs), at::IntArrayRef({plan.H, plan.W}));
+  } else {
+    const at::Tensor gs = energy_grad_stage(spec, plan.rows, plan.weight, plan.H, plan.W, q_lo, q_hi, power, g, 1.0, true);
+    dx = partial_synthesis(gs, plan);
+  }
+  return dx.view(x.sizes()).to(x.scalar_type());
+}
+
+at::Tensor mean_magnitude(const at::Tensor& x) {
+  const at::Tensor planes = as_planes(x);
+  return at::abs(at::fft_rfft2(planes)).mean(0);
+}
+
+at::Tensor mean_magnitude_backward(const at::Tensor& grad, const at::Tensor& x) {
+  const at::Tensor planes = as_planes(x);
+  const int64_t P = planes.size(0), H = planes.size(1), W = planes.size(2);
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == H && grad.size(1) == W / 2 + 1, "jafr: grad must be (H, W//2+1)");
+  const at::Tensor spec = at::view_as_real(at::fft_rfft2(planes)).contiguous();
+  const at::Tensor g = grad.to(planes.scalar_type()).contiguous();
+  // dx = Re(sum_{u, v half} (g/P) X/|X| e^{+i..}) = N irfft2(G / h_v) once the edge columns are Hermitian.
+  at::Tensor gc = at::view_as_complex(phasor_stage(spec, g, W, static_cast<double>(H * W) / static_cast<double>(P)));
+  hermitianize_edge_columns(gc, W);
+  return at::fft_irfft2(gc, at::IntArrayRef({H, W})).view(x.sizes()).to(x.scalar_type());
+}
+
+}  // namespace jafr
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "jafr_kernels C++/CUDA backend: masked spectral energies and mean magnitude spectra, with backwards";
+  m.def("energy", &jafr::energy, "(B, C) masked spectral energies", py::arg("x"), py::arg("weight"), py::arg("q_lo"),
+        py::arg("q_hi"), py::arg("power"), py::arg("path") = 0);
+  m.def("energy_backward", &jafr::energy_backward, "gradient of sum(grad * energy(x)) w.r.t. x", py::arg("grad"),
+        py::arg("x"), py::arg("weight"), py::arg("q_lo"), py::arg("q_hi"), py::arg("power"), py::arg("path") = 0);
+  m.def("mean_magnitude", &jafr::mean_magnitude, "(H, W//2+1) mean over batch and channels of |rfft2(x)|", py::arg("x"));
+  m.def("mean_magnitude_backward", &jafr::mean_magnitude_backward, "gradient of sum(grad * mean_magnitude(x))",
+        py::arg("grad"), py::arg("x"));
+  m.def("built_with_cuda", [] {
+#ifdef JAFR_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+  });
+}
