@@ -87,7 +87,8 @@ class KernelCase:
 
 @dataclass(frozen=True)
 class TrainCase:
-    """One timed training step: ``method`` in standard | jafr_double | jafr_fd | gradalign."""
+    """One timed training step: ``method`` in standard | jafr_double | jafr_fd | gradalign, or ``penalty``
+    (the penalty's forward+backward alone on the model's J)."""
 
     model: str
     method: str
@@ -207,7 +208,7 @@ def profile_cases(suite: Suite) -> list[KernelCase]:
 
 
 def train_cases(suite: Suite) -> list[TrainCase]:
-    methods = ("standard", "jafr_double", "jafr_fd", "gradalign")
+    methods = ("standard", "jafr_double", "jafr_fd", "gradalign", "penalty")
     if suite.smoke:
         models = [("small_cnn", 4, 28, 1), ("preact_resnet18", 2, 32, 3)]
     elif suite.device == "cpu":

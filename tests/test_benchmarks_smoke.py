@@ -1,0 +1,74 @@
+"""CI smoke run of the benchmark suite, so it cannot rot: ``python -m benchmarks --smoke`` in a subprocess.
+
+Checks that every part (kernels, profile, training, memory) produced rows, that the result file is tagged
+with the run's metadata and that the targets were evaluated. No timing is asserted.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("JAFR_BACKEND", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--smoke", "--threads", "1", "--out", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, f"benchmark smoke run failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    files = sorted(out.glob("smoke-cpu-*.json"))
+    assert len(files) == 1, f"expected one result file in {out}, found {[f.name for f in out.iterdir()]}"
+    assert files[0].with_suffix(".md").exists()
+    return json.loads(files[0].read_text()), proc.stdout
+
+
+def test_result_file_is_tagged(smoke_results):
+    results, _ = smoke_results
+    meta = results["meta"]
+    for key in ("device", "device_name", "torch", "triton", "threads", "git_revision", "created", "backends"):
+        assert key in meta, key
+    assert meta["smoke"] is True
+    assert meta["device"] == "cpu"
+    assert meta["threads"] == 1
+
+
+def test_every_part_produced_rows(smoke_results):
+    results, _ = smoke_results
+    kinds = {r["kind"] for r in results["rows"]}
+    assert kinds == {"kernel", "profile", "train", "memory"}
+    for row in results["rows"]:
+        assert row["median_s"] > 0, row["name"]
+
+
+def test_kernel_rows_have_baselines_and_ratios(smoke_results):
+    results, _ = smoke_results
+    kernels = [r for r in results["rows"] if r["kind"] == "kernel"]
+    ops = {r["op"] for r in kernels}
+    assert {"freq_penalty", "freq_penalty_official", "low_freq_ratio", "spectral_energy", "copy"} <= ops
+    impls = {r["impl"] for r in kernels}
+    assert {"reference", "authors", "copy"} <= impls
+    for r in kernels:
+        if r["impl"] == "reference":
+            assert r["speedup_vs_eager"] == pytest.approx(1.0)
+        if r["impl"] != "copy":
+            assert r["gb_per_s"] > 0 and r["x_copy_floor"] > 0
+
+
+def test_targets_evaluated_and_printed(smoke_results):
+    results, stdout = smoke_results
+    assert len(results["targets"]) >= 8
+    for t in results["targets"]:
+        assert t["met"] in (True, False, None)
+    assert "#### Targets" in stdout
+    memory = [r for r in results["rows"] if r["kind"] == "memory"]
+    assert all(r["peak_extra_bytes"] >= r["jac_bytes"] for r in memory)
