@@ -258,8 +258,10 @@ def profile_table(results: dict) -> str:
             continue
         p = r["profile"]
         top = ", ".join(f"{k} {v:.2f}" for k, v in p["top_ops_ms"][:5])
-        lines.append([r["impl"], _shape(r["shape"]), _fmt(p["total_self_ms"]), _fmt(p["fft_ms"]), f"{100 * p['fft_share']:.0f}%", top])
-    return _table(["impl", "shape", "self ms / call", "FFT ms", "FFT share", "top ops (self ms / call)"], lines)
+        lines.append([r["impl"], _shape(r["shape"]), _fmt(r["median_s"] * 1e3), _fmt(p["total_self_ms"]), _fmt(p["fft_ms"]),
+                      f"{100 * p['fft_share']:.0f}%", _fmt(p.get("matmul_ms")), top])
+    header = ["impl", "shape", "wall ms / call", "profiled ms / call", "FFT ms", "FFT share", "matmul ms", "top ops (self ms / call)"]
+    return _table(header, lines)
 
 
 def train_table(results: dict) -> str:
