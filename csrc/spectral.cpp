@@ -130,15 +130,14 @@ at::Tensor partial_synthesis(const at::Tensor& g, const Plan& plan) {
 }
 
 // Mirror columns v = 0 and (even W) v = W/2 into Hermitian form in u, which leaves
-// Re(sum_u G_uv e^{+i...}) unchanged and makes irfft2 reproduce it exactly.
-void hermitianize_edge_columns(at::Tensor& g_complex, int64_t W) {
-  std::vector<int64_t> edge{0};
-  if (W % 2 == 0) edge.push_back(W / 2);
-  for (const int64_t c : edge) {
-    at::Tensor col = g_complex.select(2, c);  // (P, H)
-    const at::Tensor mirrored = at::roll(at::flip(col, {1}), {1}, {1}).conj();
-    col.copy_((col + mirrored) / 2);
-  }
+// Re(sum_u G_uv e^{+i...}) unchanged and makes irfft2 reproduce it exactly. Out of place on purpose.
+at::Tensor hermitianize_edge_columns(const at::Tensor& g_complex, int64_t W) {
+  const int64_t H = g_complex.size(1), V = g_complex.size(2);
+  const at::Tensor u = at::arange(H, g_complex.options().dtype(at::kLong));
+  const at::Tensor mirrored = g_complex.index_select(1, at::remainder(H - u, H)).conj_physical();
+  const at::Tensor v = at::arange(V, g_complex.options().dtype(at::kLong));
+  const at::Tensor edge = (v == 0).logical_or(v * 2 == W).view({1, 1, V});
+  return at::where(edge, (g_complex + mirrored) / 2, g_complex);
 }
 
 template <typename scalar_t>
@@ -280,8 +279,8 @@ at::Tensor mean_magnitude_backward(const at::Tensor& grad, const at::Tensor& x) 
   const at::Tensor spec = at::view_as_real(at::fft_rfft2(planes)).contiguous();
   const at::Tensor g = grad.to(planes.scalar_type()).contiguous();
   // dx = Re(sum_{u, v half} (g/P) X/|X| e^{+i..}) = N irfft2(G / h_v) once the edge columns are Hermitian.
-  at::Tensor gc = at::view_as_complex(phasor_stage(spec, g, W, static_cast<double>(H * W) / static_cast<double>(P)));
-  hermitianize_edge_columns(gc, W);
+  const at::Tensor gc = hermitianize_edge_columns(
+      at::view_as_complex(phasor_stage(spec, g, W, static_cast<double>(H * W) / static_cast<double>(P))), W);
   return at::fft_irfft2(gc, at::IntArrayRef({H, W})).view(x.sizes()).to(x.scalar_type());
 }
 
