@@ -214,11 +214,11 @@ def _objective(cfg: TrainConfig, model, raw_model, x, y, gen, autocast_dtype):
         return jafr_objective(model, x, y, cfg.lam, cutoff=cfg.cutoff, target=cfg.target, formulation=cfg.formulation,
                               jacobian_mode=cfg.jacobian_mode, x_main=x_adv, fd_h=cfg.fd_h, freeze_bn=cfg.freeze_bn,
                               autocast_dtype=autocast_dtype)
-    from jafr_kernels.train.objective import ObjectiveResult
+    from jafr_kernels.train.objective import ObjectiveResult, _upcast
 
     with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         logits = model(x if x_adv is None else x_adv)
-    loss = F.cross_entropy(logits.float(), y)
+    loss = F.cross_entropy(_upcast(logits), y)
     return ObjectiveResult(loss, loss.detach(), logits.detach())
 
 

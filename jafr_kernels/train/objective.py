@@ -83,7 +83,12 @@ def _autocast(x: Tensor, dtype: Optional[torch.dtype]):
 def _forward_ce(model, x, y, autocast_dtype):
     with _autocast(x, autocast_dtype):
         logits = model(x)
-    return logits, F.cross_entropy(logits.float(), y)
+    return logits, F.cross_entropy(_upcast(logits), y)
+
+
+def _upcast(t: Tensor) -> Tensor:
+    """fp16/bf16 -> fp32 (losses and spectra are never computed in half precision); fp32/fp64 unchanged."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def default_penalty(cutoff=0.25, target="low", formulation="ratio", backend="auto") -> Callable[[Tensor], Tensor]:
@@ -91,7 +96,12 @@ def default_penalty(cutoff=0.25, target="low", formulation="ratio", backend="aut
     return functools.partial(jk.freq_penalty, cutoff=cutoff, target=target, formulation=formulation, backend=backend)
 
 
-def _lf_ratio(jac: Tensor, cutoff) -> Tensor:
+def _lf_ratio(jac: Tensor, cutoff, penalty_value: Tensor, default_ratio: Optional[str]) -> Tensor:
+    """Batch-mean low-frequency ratio of J; free when the penalty is the default ratio penalty (1 - P or P)."""
+    if default_ratio == "low" and bool(jac.detach().flatten(1).ne(0).any(dim=1).all()):
+        return 1.0 - penalty_value.detach()
+    if default_ratio == "high":
+        return penalty_value.detach()
     return jk.low_freq_ratio(jac.detach().float() if jac.dtype in (torch.float16, torch.bfloat16) else jac.detach(), cutoff).mean()
 
 
@@ -132,20 +142,21 @@ def jafr_objective(
         raise ValueError(f"jacobian_mode must be one of {JACOBIAN_MODES}, got {jacobian_mode!r}")
     if not fd_h > 0:
         raise ValueError(f"fd_h must be > 0, got {fd_h}")
+    default_ratio = target if (penalty is None and formulation == "ratio") else None
     penalty = penalty or default_penalty(cutoff, target, formulation)
     xc = x.detach().requires_grad_(True)
     shared = x_main is None
     if jacobian_mode == "double_backward":
         with frozen_bn_stats(model, freeze_bn and not shared):
             logits, ce_clean = _forward_ce(model, xc, y, autocast_dtype)
-        (jac,) = torch.autograd.grad(ce_clean, xc, create_graph=lam != 0)
+        (jac,) = torch.autograd.grad(ce_clean, xc, create_graph=lam != 0, retain_graph=True)
         pen = penalty(jac)
         if shared:
             logits_main, ce_main = logits, ce_clean
         else:
             logits_main, ce_main = _forward_ce(model, x_main, y, autocast_dtype)
         loss = ce_main + lam * pen if lam != 0 else ce_main
-        return ObjectiveResult(loss, ce_main.detach(), logits_main.detach(), pen.detach(), _lf_ratio(jac, cutoff), jac.detach())
+        return ObjectiveResult(loss, ce_main.detach(), logits_main.detach(), pen.detach(), _lf_ratio(jac, cutoff, pen, default_ratio), jac.detach())
 
     # finite differences: one backward gives J and g_clean; then a forward/backward at x + h v
     params = [p for p in model.parameters() if p.requires_grad]
@@ -177,7 +188,7 @@ def jafr_objective(
         surrogate = main_term
     value = (ce_main + lam * pen).detach()
     loss = value + (surrogate - surrogate.detach())
-    return ObjectiveResult(loss, ce_main.detach(), logits_main.detach(), pen.detach(), _lf_ratio(jac, cutoff), jac, extra)
+    return ObjectiveResult(loss, ce_main.detach(), logits_main.detach(), pen.detach(), _lf_ratio(jac, cutoff, pen, default_ratio), jac, extra)
 
 
 def gradalign_objective(
