@@ -189,6 +189,27 @@ def low_freq_ratio(x: Tensor, cutoff: MaskLike = 0.25, *, power: int = 2, backen
     return _ratio(x, weight, band, _check_power(power), _choose_backend(backend, x))
 
 
+def radial_mask(h: int, w: int, cutoff=0.25, *, band: str = "low", device=None, dtype=torch.float32) -> Tensor:
+    """Radial frequency mask in rfft2 layout, shape ``(h, w // 2 + 1)``, of 0/1 values.
+
+    ``band="low"``: ``r <= cutoff``; ``"high"``: ``r > cutoff``; ``"band"``: ``lo <= r < hi`` for
+    ``cutoff=(lo, hi)``. ``r`` is the normalised radius (0 at DC, 1 at the Nyquist of one axis, sqrt(2) in
+    the corner); any h, w >= 2, odd included. Usable as a weight map wherever a mask is taken.
+    """
+    for name, value in (("h", h), ("w", w)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+            raise ValueError(f"{name} must be an integer >= 2, got {value!r}")
+    if band in ("low", "high"):
+        _check_cutoff(cutoff, "cutoff")
+    elif band == "band":
+        if not (isinstance(cutoff, (tuple, list)) and len(cutoff) == 2):
+            raise ValueError(f"band='band' needs cutoff=(lower, upper), got {cutoff!r}")
+    else:
+        raise ValueError(f"band must be 'low', 'high' or 'band', got {band!r}")
+    spec = check_band(reference.as_band(cutoff, band))
+    return reference.band_mask(spec, h, w, device=device, dtype=dtype)
+
+
 def mean_magnitude(x: Tensor, *, backend: str = "auto") -> Tensor:
     """Mean over batch and channels of ``|rfft2(x)|`` (H, W//2+1): the Jacobian spectrum of the paper's code."""
     x = check_planes(x)
