@@ -79,11 +79,14 @@ class FolderC:
 
     def load(self, name: str, severity: int, indices=None) -> tuple[Tensor, Tensor]:
         """Images (N, 3, H, W) float32 in [0, 1] and labels (N,) (sorted class folder order)."""
-        from torchvision.io import ImageReadMode, decode_image, read_file
+        from PIL import Image
 
         files, labels = self._files(name, severity)
         idx = range(len(files)) if indices is None else [int(i) for i in indices]
-        images = [decode_image(read_file(files[i]), mode=ImageReadMode.RGB) for i in idx]
+        images = []
+        for i in idx:
+            with Image.open(files[i]) as img:
+                images.append(torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1))
         return torch.stack(images).float() / 255, torch.tensor([labels[i] for i in idx], dtype=torch.long)
 
 

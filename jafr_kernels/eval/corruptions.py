@@ -303,16 +303,22 @@ def pixelate(x: Tensor, severity: int, generator: torch.Generator) -> Tensor:
 
 
 def jpeg_compression(x: Tensor, severity: int, generator: torch.Generator) -> Tensor:
-    """JPEG encode/decode at quality ``JPEG_QUALITY[s-1]`` (torchvision.io, on the CPU, per image)."""
-    from torchvision.io import decode_jpeg, encode_jpeg
+    """JPEG encode/decode at quality ``JPEG_QUALITY[s-1]`` (Pillow, on the CPU, per image; 4:2:0 chroma for RGB)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
 
     _check(x, severity)
     quality = JPEG_QUALITY[severity - 1]
-    images = (x.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-    encoded = encode_jpeg(list(images), quality=quality)
-    decoded = decode_jpeg(encoded)
-    out = torch.stack([d.reshape(images.shape[1:]) for d in decoded])
-    return (out.to(x.dtype) / 255).to(x.device)
+    images = (x.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu().permute(0, 2, 3, 1).numpy()
+    out = np.empty_like(images)
+    for i, img in enumerate(images):
+        buf = io.BytesIO()
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(buf, format="JPEG", quality=quality)
+        buf.seek(0)
+        out[i] = np.asarray(Image.open(buf)).reshape(img.shape)
+    return (torch.from_numpy(out).permute(0, 3, 1, 2).to(x.dtype) / 255).to(x.device)
 
 
 def elastic_transform(x: Tensor, severity: int, generator: torch.Generator) -> Tensor:
