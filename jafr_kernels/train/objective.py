@@ -20,7 +20,9 @@ DDP batch semantics: every quantity is per process. J is the gradient of the per
 penalty is the mean over the per-process batch, and DDP averages gradients over processes. For the
 per-sample ratio penalty (scale invariant) with equal per-process batches this equals the single-process
 objective on the global batch. The official formulation uses a batch-mean spectrum, which is then the
-per-process batch's spectrum (not the global batch's), and finite differences use a per-process ``h``.
+per-process batch's spectrum (not the global batch's). Finite differences take ``h`` from the norms of x
+and v summed over all processes (one all-reduce), so every process uses the same ``h``; under DDP call the
+objective on every process.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -168,7 +171,10 @@ def jafr_objective(
     with torch.enable_grad():
         pen = penalty(jac_leaf)
     (v,) = torch.autograd.grad(pen, jac_leaf)
-    v_norm = v.norm()
+    norms = torch.stack([x.detach().pow(2).sum(), v.pow(2).sum()]).to(torch.float64)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(norms)  # one h for all processes: DDP then reproduces the single-process step exactly
+    x_norm, v_norm = norms.sqrt().tolist()
     if shared:
         logits_main, ce_main = logits, ce_clean
         main_term = sum((p * g).sum() for p, g in zip(params, g_clean) if g is not None)
@@ -177,7 +183,7 @@ def jafr_objective(
         main_term = ce_main
     extra = {}
     if lam != 0 and v_norm > 0:
-        h = float(fd_h * x.detach().norm() / v_norm)
+        h = fd_h * x_norm / v_norm
         c = lam / h
         with frozen_bn_stats(model, freeze_bn):
             _, ce_pert = _forward_ce(model, x.detach() + h * v.to(x.dtype), y, autocast_dtype)
