@@ -1,0 +1,207 @@
+"""The training loop on Fashion-MNIST: every method learns, attacks stay in the eps-ball, JaFR moves the
+Jacobian's spectrum the requested way, non-finite losses stop training, resume is bit-exact, the CLI works."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from jafr_kernels import attacks
+from jafr_kernels.train import (
+    METHODS,
+    NonFiniteLossError,
+    TrainConfig,
+    build_model,
+    jacobian_low_freq_ratio,
+    load_checkpoint,
+    load_dataset,
+    load_trained_model,
+    train_model,
+)
+from jafr_kernels.train.loop import TriangularLR
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _steps(result):
+    return [r for r in result.history if r["type"] == "step"]
+
+
+@pytest.fixture(scope="module")
+def fmnist():
+    return load_dataset("fashion_mnist", train=True)
+
+
+@pytest.fixture(scope="module")
+def heldout():
+    test = load_dataset("fashion_mnist", train=False)
+    return test.batch(torch.arange(500))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_lowers_the_training_loss_in_30_steps(tmp_path, fmnist, method):
+    cfg = TrainConfig(method=method, max_steps=30, batch_size=128, out_dir=str(tmp_path), progress=False,
+                      ckpt_every=1000, pgd_steps=10)
+    steps = _steps(train_model(cfg, train_set=fmnist))
+    assert len(steps) == 30
+    first = sum(r["loss"] for r in steps[:5]) / 5
+    last = sum(r["loss"] for r in steps[-5:]) / 5
+    assert last < first - 0.2, f"{method}: loss {first:.3f} -> {last:.3f}"
+    if method.endswith("jafr"):
+        assert all(r["penalty"] is not None and 0 <= r["lf_ratio"] <= 1 for r in steps)
+
+
+@pytest.mark.parametrize("kind", ["fgsm", "pgd"])
+def test_training_attacks_stay_in_the_eps_ball_and_the_image_box(fmnist, kind):
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 1, 10).train()
+    x, y = fmnist.batch(torch.arange(64))
+    eps = 0.1
+    if kind == "fgsm":
+        x_adv = attacks.fgsm(model, x, y, eps, 1.25 * eps)
+    else:
+        x_adv = attacks.pgd(model, x, y, eps, eps / 4, 10, random_start=False)
+    assert (x_adv - x).abs().max() <= eps + 1e-6
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert (x_adv - x).abs().max() > eps / 2  # it did move
+
+
+@pytest.mark.slow
+def test_jafr_moves_the_jacobian_spectrum_the_requested_way(tmp_path, fmnist, heldout):
+    """Same seed, steps and data: low target raises J's low-frequency ratio on held-out data, high lowers it;
+    the finite-difference mode raises it too."""
+    ratios = {}
+    for name, kw in {"standard": dict(method="standard"), "low": dict(method="jafr", target="low"),
+                     "high": dict(method="jafr", target="high"),
+                     "low_fd": dict(method="jafr", target="low", jacobian_mode="finite_difference")}.items():
+        cfg = TrainConfig(max_steps=60, lam=0.1, out_dir=str(tmp_path / name), progress=False, ckpt_every=1000, **kw)
+        ratios[name] = jacobian_low_freq_ratio(train_model(cfg, train_set=fmnist).model, *heldout, cutoff=0.25)
+    assert ratios["low"] > ratios["standard"] + 0.05, ratios
+    assert ratios["high"] < ratios["standard"] - 0.05, ratios
+    assert ratios["low_fd"] > ratios["standard"] + 0.05, ratios
+
+
+class _NaNAfter(nn.Module):
+    """Wraps a model; its output becomes NaN from the ``n``-th forward on."""
+
+    def __init__(self, inner, n):
+        super().__init__()
+        self.inner, self.n, self.calls = inner, n, 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.inner(x)
+        return out * float("nan") if self.calls >= self.n else out
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, fmnist):
+    torch.manual_seed(0)
+    model = _NaNAfter(build_model("small_cnn", 1, 10), n=4)  # method standard: one forward per step
+    cfg = TrainConfig(method="standard", max_steps=10, batch_size=32, train_subset=512, out_dir=str(tmp_path),
+                      progress=False, ckpt_every=1)
+    with pytest.raises(NonFiniteLossError, match=r"step 3 .*last good checkpoint: .*last\.pt"):
+        train_model(cfg, model=model, train_set=fmnist)
+    state = load_checkpoint(str(tmp_path / "last.pt"))
+    assert state["step"] == 3
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+class _CrashAfter(Exception):
+    pass
+
+
+def _crash_hook(n):
+    calls = {"n": 0}
+
+    def hook(*_):
+        calls["n"] += 1
+        if calls["n"] > n:
+            raise _CrashAfter()
+
+    return hook
+
+
+@pytest.mark.parametrize("method", ["jafr", "pgd+jafr"])
+def test_resume_in_process_is_bit_exact(tmp_path, fmnist, method):
+    """A run interrupted after its step-5 checkpoint and resumed ends with the same weights, optimizer state
+    and per-step losses as an uninterrupted run (2 epochs, so the resume also crosses an epoch boundary)."""
+    kw = dict(method=method, epochs=2, batch_size=32, train_subset=128, progress=False, ckpt_every=1, pgd_steps=2)
+    full = train_model(TrainConfig(out_dir=str(tmp_path / "full"), **kw), train_set=fmnist)
+    cfg = TrainConfig(out_dir=str(tmp_path / "cut"), **kw)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = build_model("small_cnn", 1, 10)
+    forwards_per_step = {"jafr": 1, "pgd+jafr": 2 + 2 + 1}[method]  # pgd: steps + selection forward, clean, main
+    model.register_forward_hook(_crash_hook(5 * forwards_per_step))
+    with pytest.raises(_CrashAfter):
+        train_model(cfg, model=model, train_set=fmnist)
+    assert load_checkpoint(str(tmp_path / "cut" / "last.pt"))["step"] == 5
+    resumed = train_model(TrainConfig(out_dir=str(tmp_path / "cut"), resume=True, **kw), train_set=fmnist)
+    assert resumed.step == full.step == 8
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    drop = lambda recs: [{k: v for k, v in r.items() if k != "time_s"} for r in recs]  # noqa: E731
+    assert drop(resumed.history) == drop(full.history)
+    a = load_checkpoint(str(tmp_path / "full" / "last.pt"))["optimizer"]["state"]
+    b = load_checkpoint(str(tmp_path / "cut" / "last.pt"))["optimizer"]["state"]
+    assert all(torch.equal(a[i]["momentum_buffer"], b[i]["momentum_buffer"]) for i in a)
+
+
+def test_run_directory_contents(tmp_path, fmnist):
+    res = train_model(TrainConfig(method="jafr", max_steps=3, batch_size=32, train_subset=256, out_dir=str(tmp_path),
+                                  progress=False), train_set=fmnist)
+    with open(tmp_path / "config.json") as f:
+        conf = json.load(f)
+    assert conf["method"] == "jafr" and conf["lam"] == 0.1 and conf["eps"] == 0.1 and conf["total_steps"] == 3
+    with open(tmp_path / "metrics.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    assert records == res.history
+    assert [r["step"] for r in records if r["type"] == "step"] == [1, 2, 3]
+    assert records[-1]["type"] == "epoch"
+    assert not res.model.training
+    loaded = load_trained_model(str(tmp_path))
+    for a, b in zip(loaded.state_dict().values(), res.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_triangular_lr_peaks_at_two_fifths():
+    f = TriangularLR(10)
+    values = [f(k) for k in range(10)]
+    assert values[3] == 1.0 and values[-1] == 0.0 and values[0] == 0.25
+    assert all(a < b for a, b in zip(values[:4], values[1:4])) and all(a > b for a, b in zip(values[3:], values[4:]))
+
+
+def test_config_rejects_bad_values():
+    for kw, name in [(dict(method="fgsm2"), "method"), (dict(jacobian_mode="x"), "jacobian_mode"),
+                     (dict(target="mid"), "target"), (dict(dataset="mnist"), "dataset")]:
+        with pytest.raises(ValueError, match=name):
+            TrainConfig(**kw).resolved()
+
+
+def _cli(*args, **env):
+    return subprocess.run([sys.executable, "-m", "jafr_kernels.train", *args], cwd=ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, **env), timeout=300)
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_and_resume(tmp_path):
+    out = str(tmp_path / "run")
+    args = ["--method", "jafr", "--epochs", "2", "--batch-size", "32", "--train-subset", "96", "--out", out, "--ckpt-every", "1"]
+    first = _cli(*args, "--max-steps", "6")
+    assert first.returncode == 0, first.stderr
+    assert "train jafr" in first.stderr and "done: 6 steps" in first.stdout  # tqdm progress on stderr
+    assert {"config.json", "metrics.jsonl", "last.pt", "prev.pt"} <= set(os.listdir(out))
+    again = _cli(*args, "--max-steps", "6", "--resume")
+    assert again.returncode == 0 and "at step 6/6" in again.stdout
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        assert sum(json.loads(line)["type"] == "step" for line in f) == 6
+
+
+def test_cli_missing_cifar10_gives_a_clear_error(tmp_path):
+    res = _cli("--dataset", "cifar10", "--data-dir", str(tmp_path / "nowhere"), "--max-steps", "1", "--out", str(tmp_path / "r"))
+    assert res.returncode == 1
+    assert "cifar10 not found at" in res.stderr and "cifar-10-batches-py" in res.stderr and "nowhere" in res.stderr
