@@ -205,3 +205,10 @@ def test_cli_missing_cifar10_gives_a_clear_error(tmp_path):
     res = _cli("--dataset", "cifar10", "--data-dir", str(tmp_path / "nowhere"), "--max-steps", "1", "--out", str(tmp_path / "r"))
     assert res.returncode == 1
     assert "cifar10 not found at" in res.stderr and "cifar-10-batches-py" in res.stderr and "nowhere" in res.stderr
+
+
+def test_resume_refuses_a_run_with_different_settings(tmp_path, fmnist):
+    kw = dict(method="standard", max_steps=2, batch_size=32, train_subset=128, progress=False, out_dir=str(tmp_path))
+    train_model(TrainConfig(**kw), train_set=fmnist)
+    with pytest.raises(ValueError, match=r"cannot resume .*lam: 0.1 in the checkpoint, 0.5 now"):
+        train_model(TrainConfig(resume=True, **dict(kw, lam=0.5)), train_set=fmnist)

@@ -187,6 +187,17 @@ def _epoch_record(history: list, epoch: int, step: int) -> dict:
     return rec
 
 
+# Fields a resumed run may change without changing the result.
+_RESUME_FREE = {"progress", "resume", "out_dir", "data_dir", "device", "ckpt_every"}
+
+
+def _check_same_run(saved: dict, current: dict, path: str) -> None:
+    diff = {k: (saved[k], current.get(k)) for k in saved if k not in _RESUME_FREE and saved[k] != current.get(k)}
+    if diff:
+        listed = ", ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in sorted(diff.items()))
+        raise ValueError(f"cannot resume from {path}: the run's settings differ ({listed})")
+
+
 def _distributed():
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
@@ -260,7 +271,11 @@ def train_model(cfg: TrainConfig, model: Optional[nn.Module] = None, train_set: 
             torch.manual_seed(cfg.seed)
             model = build_model(cfg.model, info.channels, info.num_classes)
     model = model.to(device=device, dtype=dtype).train()
-    if cfg.sync_bn:
+    if cfg.sync_bn and world > 1:
+        # SyncBatchNorm (GPU only) has no double backward: JaFR must use finite differences with it.
+        if cfg.method == "gradalign" or (cfg.method.endswith("jafr") and cfg.jacobian_mode == "double_backward"):
+            raise ValueError(f"sync_bn: SyncBatchNorm has no double backward, so method {cfg.method!r} with "
+                             f"jacobian_mode={cfg.jacobian_mode!r} cannot use it; use jacobian_mode='finite_difference'")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     raw_model = model
     if world > 1:
@@ -278,6 +293,7 @@ def train_model(cfg: TrainConfig, model: Optional[nn.Module] = None, train_set: 
     state = ckpt.load_latest(run_dir) if cfg.resume and os.path.isdir(run_dir) else None
     if state is not None:
         state, path = state
+        _check_same_run(state.get("config", {}), dataclasses.asdict(cfg), path)
         raw_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
