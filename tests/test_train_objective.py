@@ -185,3 +185,15 @@ def test_bad_arguments_name_themselves():
         jafr_objective(model, x, y, jacobian_mode="exact")
     with pytest.raises(ValueError, match="fd_h"):
         jafr_objective(model, x, y, jacobian_mode="finite_difference", fd_h=0)
+
+
+def test_official_formulation_and_a_custom_penalty():
+    model, (x, y) = _smooth_model(), _batch()
+    out = jafr_objective(model, x, y, 0.001, formulation="official")
+    xr = x.clone().requires_grad_(True)
+    (jac,) = torch.autograd.grad(F.cross_entropy(model(xr), y), xr)
+    torch.testing.assert_close(out.penalty, reference.official_penalty(jac), rtol=1e-9, atol=0)
+    torch.testing.assert_close(out.lf_ratio, reference.low_freq_ratio(jac, reference.as_band(0.25)).mean(), rtol=1e-9, atol=0)
+    out.loss.backward()
+    custom = jafr_objective(model, x, y, 2.0, penalty=lambda j: j.pow(2).sum())  # gradient-norm regulariser
+    torch.testing.assert_close(custom.penalty, jac.pow(2).sum(), rtol=1e-9, atol=0)

@@ -319,7 +319,9 @@ def train_model(cfg: TrainConfig, model: Optional[nn.Module] = None, train_set: 
             rng["cuda"] = torch.cuda.get_rng_state(device)
         ckpt.save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                               "scheduler": scheduler.state_dict(), "rng": rng, "step": step,
-                              "epoch": step // steps_per_epoch, "config": dataclasses.asdict(cfg)}, run_dir)
+                              "epoch": step // steps_per_epoch,
+                              "data_order": {"sampler_seed": cfg.seed, "epoch": step // steps_per_epoch,
+                                             "batches_done_in_epoch": step % steps_per_epoch, "world_size": world}, "config": dataclasses.asdict(cfg)}, run_dir)
 
     bar = tqdm(total=total, initial=step, desc=f"train {cfg.method}", disable=not cfg.progress or rank != 0, dynamic_ncols=True)
     order, order_epoch = None, -1
