@@ -212,3 +212,19 @@ def test_resume_refuses_a_run_with_different_settings(tmp_path, fmnist):
     train_model(TrainConfig(**kw), train_set=fmnist)
     with pytest.raises(ValueError, match=r"cannot resume .*lam: 0.1 in the checkpoint, 0.5 now"):
         train_model(TrainConfig(resume=True, **dict(kw, lam=0.5)), train_set=fmnist)
+
+
+def test_preact_resnet18_shapes_init_and_a_jafr_step():
+    from jafr_kernels.train import PreActResNet18, jafr_objective
+
+    torch.manual_seed(0)
+    model = build_model("preact_resnet18", in_channels=3, num_classes=10)
+    assert isinstance(model, PreActResNet18)
+    assert sum(p.numel() for p in model.parameters()) == 11_171_146  # the GradAlign/JaFR PreAct ResNet-18
+    assert all(m.bias is None for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert not isinstance(list(model.children())[-2][-1], nn.BatchNorm2d)
+    assert build_model("preact_resnet18", 3, 200)(torch.rand(1, 3, 64, 64)).shape == (1, 200)
+    x, y = torch.rand(2, 3, 32, 32), torch.tensor([1, 7])
+    out = jafr_objective(model, x, y, 0.1)
+    out.loss.backward()
+    assert out.jac.shape == x.shape and all(torch.isfinite(p.grad).all() for p in model.parameters())
