@@ -191,7 +191,7 @@ def plot_corruptions(data: dict, path: str) -> None:
     ax.set_ylabel("accuracy (%), mean over severities")
     ax.set_xlabel("corruption")
     ax.set_title("Corruption accuracy, grouped by measured frequency character")
-    ax.legend(fontsize=8, ncol=min(5, len(runs)), loc="lower left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="method")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

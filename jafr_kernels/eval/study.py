@@ -315,8 +315,10 @@ def run_study(cfg: StudyConfig) -> str:
         ev.update(label=label, method=method, target=target, run_dir=str(result.run_dir),
                   train_seconds=run_train_s, eval_seconds=run_eval_s)
         _write_json(eval_path, ev)
-        print(f"[study] {label}: clean {100 * ev['clean']:.1f}%  PGD@{eps_key(cfg.eps)} "
-              f"{100 * ev['adversarial']['pgd_ce'][eps_key(cfg.eps)]:.1f}%  J low-freq ratio {ev['jacobian']['low_freq_ratio']:.3f}", flush=True)
+        adv = ev["adversarial"]
+        print(f"[study] {label}: clean {100 * ev['clean']:.1f}% ({ev['n']} images), PGD at {eps_key(cfg.eps)}"
+              f" {100 * adv['pgd_ce'][eps_key(cfg.eps)]:.1f}% ({adv['n']} images), J low-freq ratio"
+              f" {ev['jacobian']['low_freq_ratio']:.3f}; train {run_train_s:.0f} s, eval {run_eval_s:.0f} s", flush=True)
 
     record.update(train_seconds=train_s, eval_seconds=eval_s, total_seconds=time.perf_counter() - start)
     _write_json(os.path.join(root, "study.json"), record)
