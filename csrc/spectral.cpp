@@ -16,6 +16,9 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <map>
+#include <mutex>
+#include <string>
 #include <vector>
 
 #include "spectral_math.h"
@@ -96,37 +99,66 @@ Plan make_plan(const at::Tensor& planes, const c10::optional<at::Tensor>& weight
   return plan;
 }
 
-// (n, 2k) real DFT factors [cos(2 pi j t / n) | -sin(2 pi j t / n)] for t < n (rows), j in `freqs` (cols).
-at::Tensor dft_factors(int64_t n, const at::Tensor& freqs, const at::TensorOptions& opts) {
+// (n, 2k) real DFT factors [cos(2 pi j t / n) | -sin(2 pi j t / n)] for t < n (rows), j in `freqs` (cols),
+// zero-padded on the right to `width` columns. Cached per (n, freqs, width, dtype, device): building them
+// costs more than a small plane's transform.
+at::Tensor dft_factors(int64_t n, const at::Tensor& freqs, const at::TensorOptions& opts, int64_t width = 0) {
+  static std::mutex mutex;
+  static auto* cache = new std::map<std::string, at::Tensor>();  // never destroyed: outlives CUDA teardown
+  const at::Tensor f_cpu = freqs.cpu().contiguous();
+  std::string key = std::to_string(n) + "/" + std::to_string(width) + "/" + c10::toString(opts.dtype().toScalarType()) +
+                    "/" + opts.device().str() + "/";
+  const int64_t* fp = f_cpu.data_ptr<int64_t>();
+  for (int64_t i = 0; i < f_cpu.numel(); ++i) key += std::to_string(fp[i]) + ",";
+  {
+    const std::lock_guard<std::mutex> lock(mutex);
+    const auto it = cache->find(key);
+    if (it != cache->end()) return it->second;
+  }
   const at::Tensor t = at::arange(n, at::TensorOptions().dtype(at::kLong));
-  const at::Tensor phase = at::remainder(t.unsqueeze(1) * freqs.cpu().unsqueeze(0), n).to(at::kDouble) * (2.0 * M_PI / n);
-  return at::cat({at::cos(phase), -at::sin(phase)}, 1).to(opts);
+  const at::Tensor phase = at::remainder(t.unsqueeze(1) * f_cpu.unsqueeze(0), n).to(at::kDouble) * (2.0 * M_PI / n);
+  at::Tensor f = at::cat({at::cos(phase), -at::sin(phase)}, 1);
+  if (width > f.size(1)) f = at::constant_pad_nd(f, {0, width - f.size(1)});
+  f = f.to(opts).contiguous();
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (cache->size() > 256) cache->clear();  // bounded: a training run touches a handful of sizes
+  cache->emplace(key, f);
+  return f;
 }
+
+// GEMMs with very narrow outputs run far below peak in BLAS; padding the column transform to a multiple
+// of 16 outputs costs a few zero columns and is several times faster (measured, see benchmarks/).
+int64_t padded_width(int64_t cols) { return (cols + 15) / 16 * 16; }
 
 // Spectrum (P, U, V, 2) of the planes on the plan's bins.
 at::Tensor spectrum(const at::Tensor& planes, const Plan& plan) {
   const int64_t P = planes.size(0), H = plan.H, W = plan.W;
   if (plan.full) return at::view_as_real(at::fft_rfft2(planes)).contiguous();
-  const int64_t U = plan.rows.size(0), V = plan.cols;
-  const at::Tensor cw = dft_factors(W, at::arange(V, at::kLong), planes.options());  // (W, 2V)
-  const at::Tensor rh = dft_factors(H, plan.rows, planes.options()).t();              // (2U, H)
-  const at::Tensor y = at::matmul(planes.view({P * H, W}), cw).view({P, H, 2 * V});   // [Re | Im] over columns
-  const at::Tensor z = at::matmul(rh, y);                                               // (P, 2U, 2V)
-  const at::Tensor cc = z.slice(1, 0, U), sc = z.slice(1, U, 2 * U);
-  const at::Tensor re = cc.slice(2, 0, V) - sc.slice(2, V, 2 * V);
-  const at::Tensor im = cc.slice(2, V, 2 * V) + sc.slice(2, 0, V);
-  return at::stack({re, im}, -1);
+  const int64_t U = plan.rows.size(0), V = plan.cols, Vp = padded_width(2 * V);
+  const at::Tensor cw = dft_factors(W, at::arange(V, at::kLong), planes.options(), Vp);  // (W, Vp)
+  const at::Tensor rh = dft_factors(H, plan.rows, planes.options());                     // (H, 2U)
+  // Columns first: y[p, h, :] = [Re | Im | 0] of the 1-D DFT of each row, one (P H, W) x (W, Vp) GEMM.
+  const at::Tensor y = at::mm(planes.view({P * H, W}), cw).view({P, H, Vp});
+  // Then rows, computed transposed: z[p] = y[p]^T rh, (P, Vp, 2U).
+  const at::Tensor z = at::matmul(y.transpose(1, 2), rh);
+  const at::Tensor yr = z.slice(1, 0, V), yi = z.slice(1, V, 2 * V);  // (P, V, 2U)
+  const at::Tensor re = yr.slice(2, 0, U) - yi.slice(2, U, 2 * U);     // cos Yr + sin Yi
+  const at::Tensor im = yi.slice(2, 0, U) + yr.slice(2, U, 2 * U);     // cos Yi - sin Yr
+  return at::stack({re, im}, -1).transpose(1, 2).contiguous();         // (P, U, V, 2)
 }
 
 // Re(sum_{u in rows, v < V} G_uv e^{+2 pi i (u h / H + v w / W)}) for G (P, U, V, 2): the partial transform's adjoint.
 at::Tensor partial_synthesis(const at::Tensor& g, const Plan& plan) {
-  const int64_t P = g.size(0), H = plan.H, W = plan.W, V = plan.cols;
-  const at::Tensor cw = dft_factors(W, at::arange(V, at::kLong), g.options());  // (W, 2V)
-  const at::Tensor rh = dft_factors(H, plan.rows, g.options());                 // (H, 2U)
-  const at::Tensor gr = g.select(3, 0), gi = g.select(3, 1);
-  const at::Tensor s = at::cat({at::cat({gr, gi}, 2), at::cat({gi, -gr}, 2)}, 1);  // (P, 2U, 2V)
-  const at::Tensor q = at::matmul(rh, s);                                            // (P, H, 2V) = [Re | Im]
-  return at::matmul(q.reshape({P * H, 2 * V}), cw.t()).view({P, H, W});
+  const int64_t P = g.size(0), H = plan.H, W = plan.W, U = plan.rows.size(0), V = plan.cols, Vp = padded_width(2 * V);
+  const at::Tensor cw = dft_factors(W, at::arange(V, at::kLong), g.options(), Vp);  // (W, Vp)
+  const at::Tensor rh = dft_factors(H, plan.rows, g.options());                     // (H, 2U)
+  const at::Tensor gt = g.transpose(1, 2);                                           // (P, V, U, 2)
+  const at::Tensor gr = gt.select(3, 0), gi = gt.select(3, 1);
+  // s[p] (Vp, 2U) = [[Gr^T, Gi^T], [Gi^T, -Gr^T], [0]] so that rh s[p]^T = [Re | Im] of the row synthesis.
+  at::Tensor s = at::cat({at::cat({gr, gi}, 2), at::cat({gi, -gr}, 2)}, 1);  // (P, 2V, 2U)
+  if (Vp > 2 * V) s = at::constant_pad_nd(s, {0, 0, 0, Vp - 2 * V});
+  const at::Tensor q = at::matmul(s, rh.t()).transpose(1, 2).reshape({P * H, Vp});  // (P H, Vp)
+  return at::mm(q, cw.t()).view({P, H, W});
 }
 
 // Mirror columns v = 0 and (even W) v = W/2 into Hermitian form in u, which leaves
