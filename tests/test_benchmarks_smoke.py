@@ -72,3 +72,25 @@ def test_targets_evaluated_and_printed(smoke_results):
     assert "#### Targets" in stdout
     memory = [r for r in results["rows"] if r["kind"] == "memory"]
     assert all(r["peak_extra_bytes"] >= r["jac_bytes"] for r in memory)
+
+
+def test_readme_section_is_regenerated(smoke_results, tmp_path):
+    """The README generator replaces only the marked section, with the targets' met / not-met lines."""
+    from benchmarks import report
+
+    results, _ = smoke_results
+    full = json.loads(json.dumps(results))
+    full["meta"]["smoke"] = False  # the generator ignores smoke runs
+    report.write_results(full, tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nkept text\n\n{report.BEGIN}\nold table\n{report.END}\n\ntrailing text\n")
+    assert report.update_readme(tmp_path, readme)
+    text = readme.read_text()
+    assert "old table" not in text
+    assert text.startswith("# Title\n\nkept text\n") and text.endswith("trailing text\n")
+    section = text.split(report.BEGIN, 1)[1].split(report.END, 1)[0]
+    assert "### Latest CPU run" in section and "#### Targets" in section
+    assert "No GPU run yet" in section
+    statuses = ("**met**", "**not met**", "not measured")
+    target_lines = [line for line in section.splitlines() if any(s in line for s in statuses)]
+    assert len(target_lines) == len(results["targets"])
