@@ -7,7 +7,7 @@ Implements the backend interface of :mod:`jafr_kernels.backends` (``energy``, ``
 
 Two paths, chosen per plane size (:func:`plane_path`):
 
-* ``"dft"`` (H, W <= 64: MNIST 28², CIFAR 32², TinyImageNet 64², odd sizes): one kernel per block of
+* ``"dft"`` (chosen for H, W <= 32: MNIST 28², CIFAR 32², odd sizes; available up to 64): one kernel per block of
   (b, c) planes computes each plane's half spectrum as four small real matrix products with ``tl.dot``,
   ``X = (C_H - i S_H) x (C_W - i S_W)``, where C/S are cos/sin DFT matrices (rows: H x H; columns: W x (W//2+1)),
   zero-padded to power-of-two blocks and cached per (size, device, dtype). Masks and Hermitian weights are
@@ -17,12 +17,19 @@ Two paths, chosen per plane size (:func:`plane_path`):
   spectrum (``view_as_real``); the backward builds the gradient spectrum in one kernel and inverts it with
   ``torch.fft.irfft2``.
 
+Why the DFT path stops at 32 by default: IEEE fp32 ``tl.dot`` lowers to FMA loops that keep a whole K = 64
+operand slice in registers. Compiled for sm_90 (ptxas), the 64 x 64 kernels spill 18-22 KB of stack per
+thread and take minutes to compile, while the 32 x 32 ones fit in <= 255 registers without spills. So
+planes above 32 go to the FFT path unless ``path="dft"`` is forced; forced 64-wide blocks use the 3-pass
+TF32 split (``"tf32x3"``, tensor cores, fp32-level accuracy) instead of IEEE FMA.
+
 Precision: x is upcast after the load (fp16/bf16 -> fp32; fp64 stays fp64) and everything accumulates in
 fp32 (fp64 for fp64 input). ``tl.dot`` runs in IEEE fp32 (``input_precision="ieee"``) unless the environment
 sets ``JAFR_TRITON_TF32=1``: then the fp32 products use TF32 tensor cores, whose operands keep 10 mantissa
-bits (unit roundoff 2^-11 ~ 4.9e-4). Each spectral coefficient goes through two chained products, so its
-error is bounded by about 2 * 2^-10 * ||x||_1 (~2e-3 relative to the largest coefficients); energies and
-gradients then carry relative errors of order 1e-3 instead of ~1e-6 in IEEE mode. TF32 never applies to fp64.
+bits (unit roundoff u = 2^-11 ~ 4.9e-4). Each spectral coefficient goes through two chained products, each
+operand rounded once, so |dX_uv| <~ 4u * sum|x| (~2e-3 times the largest possible coefficient); energies
+(p = 2) then carry relative errors up to about 8u ~ 4e-3, typically ~1e-3, instead of ~1e-6 in IEEE mode.
+TF32 never applies to fp64.
 
 Everything is interpreter-safe: tensors live wherever the input lives, and under ``TRITON_INTERPRET=1``
 the kernels run on CPU tensors (autotuning is bypassed there; bf16 is not supported by the interpreter).
@@ -48,8 +55,10 @@ __all__ = [
     "mean_magnitude_backward",
 ]
 
-# Largest plane side served by the fused matrix-DFT path (its blocks are at most 64 x 64 in registers).
+# Largest plane side the fused matrix-DFT path can serve (its blocks are at most 64 x 64 in registers) and
+# the largest it is chosen for automatically (see the module docstring for why 32).
 MAX_DFT_SIZE = 64
+AUTO_DFT_SIZE = 32
 
 
 # --------------------------------------------------------------------------- shared device helpers
@@ -313,11 +322,12 @@ def _magnitude_spectrum_kernel(spec_ptr, out_ptr, n_planes, HV: tl.constexpr, AC
     idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     valid = idx < HV
     acc = tl.zeros((BLOCK,), dtype=ACC)
-    for plane in range(0, n_planes):
-        base = spec_ptr + plane * (HV * 2)  # plane < n_planes: the int32 program-sized index is promoted by the pointer add
+    base = spec_ptr
+    for _ in range(0, n_planes):
         re = tl.load(base + 2 * idx, mask=valid, other=0.0).to(ACC)
         im = tl.load(base + 2 * idx + 1, mask=valid, other=0.0).to(ACC)
         acc += tl.sqrt(re * re + im * im)
+        base += HV * 2  # pointer arithmetic: no int32 overflow in plane * HV
     tl.store(out_ptr + idx, acc, mask=valid)
 
 
@@ -391,7 +401,7 @@ def _grad_spectrum_kernel(
 
 # --------------------------------------------------------------------------- autotuning
 _DFT_CONFIGS = [
-    triton.Config({"PLANES": p}, num_warps=w) for p in (1, 4) for w in (4, 8)
+    triton.Config({"PLANES": p}, num_warps=w) for p, w in ((1, 4), (1, 8), (2, 8), (4, 8))
 ]
 _SPECTRUM_CONFIGS = [
     triton.Config({"BLOCK": b}, num_warps=w) for b, w in ((512, 4), (1024, 4), (2048, 8))
@@ -434,10 +444,13 @@ def _tl_acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
-    if dtype != torch.float64 and os.environ.get("JAFR_TRITON_TF32", "0") == "1":
+def _dot_precision(dtype: torch.dtype, block: int) -> str:
+    """``tl.dot`` input precision: IEEE, TF32 on request (``JAFR_TRITON_TF32=1``), 3xTF32 for 64-wide fp32 blocks."""
+    if dtype == torch.float64:
+        return "ieee"
+    if os.environ.get("JAFR_TRITON_TF32", "0") == "1":
         return "tf32"
-    return "ieee"
+    return "tf32x3" if block > AUTO_DFT_SIZE else "ieee"
 
 
 def _block(n: int) -> int:
@@ -466,13 +479,13 @@ def _dft_setup(h: int, w: int, device: torch.device, dtype: torch.dtype):
     bh, bw, bv = _block(h), _block(w), _block(w // 2 + 1)
     ch, sh = _dft_matrices(h, h, bh, bh, device, dtype)
     cw, sw = _dft_matrices(w, w // 2 + 1, bw, bv, device, dtype)
-    return (ch, sh, cw, sw), dict(H=h, W=w, BH=bh, BW=bw, BV=bv)
+    return (ch, sh, cw, sw), dict(H=h, W=w, BH=bh, BW=bw, BV=bv, PREC=_dot_precision(dtype, max(bh, bw)))
 
 
 def plane_path(h: int, w: int, path: str = "auto") -> str:
-    """``"dft"`` (fused matrix DFT) for planes up to 64 x 64, else ``"fft"``; ``path`` forces one."""
+    """``"dft"`` (fused matrix DFT) for planes up to 32 x 32, else ``"fft"``; ``path`` forces one (dft: <= 64)."""
     if path == "auto":
-        return "dft" if max(h, w) <= MAX_DFT_SIZE else "fft"
+        return "dft" if max(h, w) <= AUTO_DFT_SIZE else "fft"
     if path == "dft" and max(h, w) > MAX_DFT_SIZE:
         raise ValueError(f"path='dft' serves planes up to {MAX_DFT_SIZE}x{MAX_DFT_SIZE}, got {h}x{w}")
     if path not in ("dft", "fft"):
@@ -540,7 +553,7 @@ def energy(x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, power: int
         mats, sizes = _dft_setup(h, w, x.device, acc)
         grid = lambda meta: (triton.cdiv(n, meta["PLANES"]),)  # noqa: E731
         _launch(_energy_dft_tuned, _energy_dft_kernel, grid, x, w_arg, out, *mats, n, int(q_lo), int(q_hi),
-                meta_names=("PLANES",), PREC=_dot_precision(x.dtype), **sizes, **common)
+                meta_names=("PLANES",), **sizes, **common)
     else:
         spec = _spectrum(x, acc)
         _launch(_energy_spectrum_tuned, _energy_spectrum_kernel, (n,), spec, w_arg, out, int(q_lo), int(q_hi),
@@ -577,7 +590,7 @@ def energy_backward(grad: Tensor, x: Tensor, weight: Optional[Tensor], q_lo: int
         mats, sizes = _dft_setup(h, w, x.device, acc)
         grid = lambda meta: (triton.cdiv(n, meta["PLANES"]),)  # noqa: E731
         _launch(_energy_bwd_dft_tuned, _energy_bwd_dft_kernel, grid, g, x, w_arg, dx, *mats, n, int(q_lo),
-                int(q_hi), meta_names=("PLANES",), PREC=_dot_precision(x.dtype), **sizes, **common)
+                int(q_hi), meta_names=("PLANES",), **sizes, **common)
         return dx
     spec = _spectrum(x, acc)
     gspec = torch.empty_like(spec)
@@ -612,8 +625,7 @@ def mean_magnitude(x: Tensor, *, path: str = "auto") -> Tensor:
         mats, sizes = _dft_setup(h, w, x.device, acc)
         n_prog = _magnitude_programs(n, x.device)
         partial = torch.empty((n_prog, h, v), device=x.device, dtype=acc)
-        _magnitude_dft_kernel[(n_prog,)](x, partial, *mats, n, **sizes, ACC=_tl_acc(x.dtype),
-                                         PREC=_dot_precision(x.dtype), num_warps=8 if sizes["BH"] >= 64 else 4)
+        _magnitude_dft_kernel[(n_prog,)](x, partial, *mats, n, **sizes, ACC=_tl_acc(x.dtype), num_warps=4)
         return partial.sum(dim=0) / n
     spec = _spectrum(x, acc)
     out = torch.empty((h, v), device=x.device, dtype=acc)
@@ -647,7 +659,7 @@ def mean_magnitude_backward(grad: Tensor, x: Tensor, *, path: str = "auto") -> T
         mats, sizes = _dft_setup(h, w, x.device, acc)
         grid = lambda meta: (triton.cdiv(n, meta["PLANES"]),)  # noqa: E731
         _launch(_magnitude_bwd_dft_tuned, _magnitude_bwd_dft_kernel, grid, g, x, dx, *mats, n,
-                meta_names=("PLANES",), ACC=_tl_acc(x.dtype), PREC=_dot_precision(x.dtype), **sizes)
+                meta_names=("PLANES",), ACC=_tl_acc(x.dtype), **sizes)
         return dx
     spec = _spectrum(x, acc)
     gspec = torch.empty_like(spec)
