@@ -299,6 +299,16 @@ def test_gradcheck_public_api():
     assert check(lambda t: jk.mean_magnitude(t, backend="triton"))
 
 
+def test_opcheck_custom_ops_with_triton():
+    """The registered ops (schema, fake kernels, autograd registration) served by the Triton backend."""
+    from jafr_kernels import ops
+
+    x = _planes(1, 2, 6, 5, dtype=torch.float64, seed=11).requires_grad_(True)
+    q_lo, q_hi = RadialBand.low(0.5).q_limits(6, 5)
+    torch.library.opcheck(ops.spectral_energy, (x, None, q_lo, q_hi, 2, "triton"))
+    torch.library.opcheck(ops.mean_magnitude, (x, "triton"))
+
+
 # --------------------------------------------------------------------------- 3. dispatch
 def _fake(available):
     def reason(name, device):
