@@ -228,3 +228,13 @@ def test_preact_resnet18_shapes_init_and_a_jafr_step():
     out = jafr_objective(model, x, y, 0.1)
     out.loss.backward()
     assert out.jac.shape == x.shape and all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_double_backward_on_a_first_order_model_names_the_fix(tmp_path, fmnist):
+    from jafr_kernels.train.loop import DoubleBackwardError
+
+    kw = dict(method="jafr", model="small_cnn_first_order", max_steps=2, batch_size=32, train_subset=128, progress=False)
+    with pytest.raises(DoubleBackwardError, match="finite_difference"):
+        train_model(TrainConfig(out_dir=str(tmp_path / "db"), **kw), train_set=fmnist)
+    res = train_model(TrainConfig(out_dir=str(tmp_path / "fd"), jacobian_mode="finite_difference", **kw), train_set=fmnist)
+    assert res.step == 2

@@ -55,7 +55,7 @@ def register(subparsers) -> None:
 def main(args: argparse.Namespace) -> int:
     from jafr_kernels.train.checkpoint import CheckpointError
     from jafr_kernels.train.data import DatasetError
-    from jafr_kernels.train.loop import NonFiniteLossError, TrainConfig, train_model
+    from jafr_kernels.train.loop import DoubleBackwardError, NonFiniteLossError, TrainConfig, train_model
 
     cfg = TrainConfig(
         method=args.method, dataset=args.dataset, model=args.model, epochs=args.epochs, max_steps=args.max_steps,
@@ -67,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
     )
     try:
         result = train_model(cfg)
-    except (DatasetError, CheckpointError, NonFiniteLossError, ValueError) as exc:
+    except (DatasetError, CheckpointError, NonFiniteLossError, DoubleBackwardError, ValueError) as exc:
         print(f"jafr train: error: {exc}", file=sys.stderr)
         return 1
     steps = [r for r in result.history if r.get("type") == "step"]

@@ -41,6 +41,10 @@ class NonFiniteLossError(RuntimeError):
     """Training stopped because the loss became NaN/Inf; the message names the step and the last checkpoint."""
 
 
+class DoubleBackwardError(RuntimeError):
+    """The model cannot be differentiated twice; the message suggests jacobian_mode='finite_difference'."""
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run depends on (saved as ``config.json``).
@@ -353,7 +357,14 @@ def train_model(cfg: TrainConfig, model: Optional[nn.Module] = None, train_set: 
                                          f"training stopped before the update; {where}")
             lr = optimizer.param_groups[0]["lr"]
             optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
+            try:
+                out.loss.backward()
+            except RuntimeError as exc:
+                if "differentiate twice" in str(exc) or "double backward" in str(exc).lower():
+                    raise DoubleBackwardError(f"the model has an op without a double backward ({exc}); method {cfg.method!r} "
+                                              "needs one with jacobian_mode='double_backward': use "
+                                              "jacobian_mode='finite_difference' (--jacobian-mode finite_difference)") from exc
+                raise
             optimizer.step()
             scheduler.step()
             step += 1
