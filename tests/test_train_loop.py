@@ -44,7 +44,7 @@ def heldout():
 @pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_each_method_lowers_the_training_loss_in_30_steps(tmp_path, fmnist, method):
-    cfg = TrainConfig(method=method, max_steps=30, batch_size=128, out_dir=str(tmp_path), progress=False,
+    cfg = TrainConfig(method=method, max_steps=30, batch_size=64, out_dir=str(tmp_path), progress=False,
                       ckpt_every=1000, pgd_steps=10)
     steps = _steps(train_model(cfg, train_set=fmnist))
     assert len(steps) == 30
@@ -78,7 +78,8 @@ def test_jafr_moves_the_jacobian_spectrum_the_requested_way(tmp_path, fmnist, he
     for name, kw in {"standard": dict(method="standard"), "low": dict(method="jafr", target="low"),
                      "high": dict(method="jafr", target="high"),
                      "low_fd": dict(method="jafr", target="low", jacobian_mode="finite_difference")}.items():
-        cfg = TrainConfig(max_steps=60, lam=0.1, out_dir=str(tmp_path / name), progress=False, ckpt_every=1000, **kw)
+        cfg = TrainConfig(max_steps=60, batch_size=64, lam=0.1, out_dir=str(tmp_path / name), progress=False,
+                          ckpt_every=1000, **kw)
         ratios[name] = jacobian_low_freq_ratio(train_model(cfg, train_set=fmnist).model, *heldout, cutoff=0.25)
     assert ratios["low"] > ratios["standard"] + 0.05, ratios
     assert ratios["high"] < ratios["standard"] - 0.05, ratios
@@ -201,10 +202,12 @@ def test_cli_end_to_end_and_resume(tmp_path):
         assert sum(json.loads(line)["type"] == "step" for line in f) == 6
 
 
-def test_cli_missing_cifar10_gives_a_clear_error(tmp_path):
-    res = _cli("--dataset", "cifar10", "--data-dir", str(tmp_path / "nowhere"), "--max-steps", "1", "--out", str(tmp_path / "r"))
-    assert res.returncode == 1
-    assert "cifar10 not found at" in res.stderr and "cifar-10-batches-py" in res.stderr and "nowhere" in res.stderr
+def test_cli_missing_cifar10_gives_a_clear_error(tmp_path, capsys):
+    from jafr_kernels.train.__main__ import main
+
+    assert main(["--dataset", "cifar10", "--data-dir", str(tmp_path / "nowhere"), "--max-steps", "1", "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert "cifar10 not found at" in err and "cifar-10-batches-py" in err and "nowhere" in err
 
 
 def test_resume_refuses_a_run_with_different_settings(tmp_path, fmnist):
