@@ -137,6 +137,28 @@ def test_mean_magnitude_forward_backward(h, w, path, channels):
     assert _rel_err(dx, dx_ref) <= TOL[torch.float32]
 
 
+@pytest.mark.parametrize("h,w", [(6, 8), (7, 5)])
+@pytest.mark.parametrize("kind", ["energy", "magnitude"])
+def test_gradient_spectrum_edge_columns_are_hermitian(h, w, kind):
+    """The FFT path's gradient spectrum has Hermitian columns 0 and W/2, as cuFFT's c2r assumes.
+
+    The CPU c2r happens to give the right answer without this, so the end-to-end tests here cannot see a
+    missing symmetrisation; this checks the kernel's output directly (non-symmetric weight / gradient maps).
+    """
+    x = _planes(2, 1, h, w)
+    spec = ts._spectrum(x, torch.float32)
+    if kind == "energy":
+        g = ts.gradient_spectrum(spec, torch.ones(2, device=DEVICE), _weight_map(h, w).float(), 0, 0, 2, w)
+    else:
+        g = ts.gradient_spectrum(spec, _planes(1, 1, h, w // 2 + 1, seed=4)[0, 0], None, 0, 0, None, w)
+    spectrum = torch.view_as_complex(g)
+    mirror = (-torch.arange(h, device=DEVICE)) % h
+    for col in [0] + ([w // 2] if w % 2 == 0 else []):
+        column = spectrum[:, :, col]
+        assert column.abs().max() > 0
+        torch.testing.assert_close(column, column[:, mirror].conj(), rtol=0, atol=1e-6 * float(column.abs().max()))
+
+
 @pytest.mark.parametrize("path", ["dft", "fft"])
 @pytest.mark.parametrize("power", [1, 2])
 def test_float64_matches_reference_tightly(path, power):

@@ -524,6 +524,26 @@ def _synthesise(g: Tensor, shape, dtype: torch.dtype) -> Tensor:
     return torch.fft.irfft2(gc, s=(h, w), norm="forward").reshape(shape).to(dtype)
 
 
+def gradient_spectrum(spec: Tensor, grad: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int,
+                      power: Optional[int], w: int) -> Tensor:
+    """The FFT path's gradient spectrum G (n_planes, H, W//2+1, 2), ready for the c2r inverse.
+
+    ``power`` 1 or 2: energy gradient, ``grad`` (n_planes,) per plane, ``weight`` or band as in :func:`energy`;
+    ``power=None``: mean-magnitude gradient, ``grad`` the (H, W//2+1) map already divided by B*C.
+    Columns 0 and (even W) W/2 come out Hermitian in u (see ``_grad_spectrum_kernel``).
+    """
+    n, h, v, _ = spec.shape
+    is_mag = power is None
+    has_w = weight is not None
+    g = grad.contiguous()
+    out = torch.empty_like(spec)
+    grid = lambda meta: (n, triton.cdiv(h * v, meta["BLOCK"]))  # noqa: E731
+    _launch(_grad_spectrum_tuned, _grad_spectrum_kernel, grid, spec, g, weight if has_w else g, out, int(q_lo),
+            int(q_hi), meta_names=("BLOCK",), H=h, W=w, IS_MAG=is_mag, POWER=1 if is_mag else int(power),
+            HAS_WEIGHT=has_w, ACC=_tl_acc(spec.dtype))
+    return out
+
+
 # --------------------------------------------------------------------------- backend interface
 def energy(x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, power: int, *, path: str = "auto") -> Tensor:
     """Masked spectral energies ``E[b, c] = sum_uv h_v m_uv |X_uv|^power``.
@@ -592,11 +612,7 @@ def energy_backward(grad: Tensor, x: Tensor, weight: Optional[Tensor], q_lo: int
         _launch(_energy_bwd_dft_tuned, _energy_bwd_dft_kernel, grid, g, x, w_arg, dx, *mats, n, int(q_lo),
                 int(q_hi), meta_names=("PLANES",), **sizes, **common)
         return dx
-    spec = _spectrum(x, acc)
-    gspec = torch.empty_like(spec)
-    grid = lambda meta: (n, triton.cdiv(h * (w // 2 + 1), meta["BLOCK"]))  # noqa: E731
-    _launch(_grad_spectrum_tuned, _grad_spectrum_kernel, grid, spec, g, w_arg, gspec, int(q_lo), int(q_hi),
-            meta_names=("BLOCK",), H=h, W=w, IS_MAG=False, **common)
+    gspec = gradient_spectrum(_spectrum(x, acc), g, wt, q_lo, q_hi, power, w)
     return _synthesise(gspec, x.shape, x.dtype)
 
 
@@ -661,9 +677,5 @@ def mean_magnitude_backward(grad: Tensor, x: Tensor, *, path: str = "auto") -> T
         _launch(_magnitude_bwd_dft_tuned, _magnitude_bwd_dft_kernel, grid, g, x, dx, *mats, n,
                 meta_names=("PLANES",), ACC=_tl_acc(x.dtype), **sizes)
         return dx
-    spec = _spectrum(x, acc)
-    gspec = torch.empty_like(spec)
-    grid = lambda meta: (n, triton.cdiv(h * v, meta["BLOCK"]))  # noqa: E731
-    _launch(_grad_spectrum_tuned, _grad_spectrum_kernel, grid, spec, g, g, gspec, 0, 0,
-            meta_names=("BLOCK",), H=h, W=w, IS_MAG=True, POWER=1, HAS_WEIGHT=False, ACC=_tl_acc(x.dtype))
+    gspec = gradient_spectrum(_spectrum(x, acc), g, None, 0, 0, None, w)
     return _synthesise(gspec, x.shape, x.dtype)
