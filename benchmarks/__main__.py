@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -78,6 +79,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     suite = configs.Suite.make(gpu=args.gpu, smoke=args.smoke)
     start = time.perf_counter()
+    load_start = os.getloadavg()[0]  # 1-minute load average: a busy machine makes every number unreliable
     with tempfile.TemporaryDirectory() as tmp:
         json_path = Path(tmp) / "pytest-benchmark.json"
         code = pytest.main(pytest_args(args, json_path))
@@ -87,6 +89,7 @@ def main(argv=None) -> int:
         raw = json.loads(json_path.read_text())
     results = report.build_results(raw, report.collect_meta(suite))
     results["meta"]["wall_s"] = time.perf_counter() - start
+    results["meta"]["load_average"] = [load_start, os.getloadavg()[0]]
     results["meta"]["pytest_exit_code"] = int(code)
     path = report.write_results(results, args.out)
     print()

@@ -38,6 +38,12 @@ def profile_breakdown(fn, device: str, iterations: int = _PROFILE_ITERATIONS) ->
         self_us = evt.self_device_time_total if use_device else evt.self_cpu_time_total
         if self_us > 0:
             per_op[evt.key] = self_us / 1e3 / iterations
+    # Inclusive time inside the backend's custom ops (jafr::*): the kernels proper, without the API's own
+    # passes over J (scaling, Parseval norm, checks) and their autograd, which the rest of the total is.
+    backend_ms = 0.0
+    for evt in prof.key_averages():
+        if evt.key.startswith("jafr::"):
+            backend_ms += (evt.device_time_total if use_device else evt.cpu_time_total) / 1e3 / iterations
     total = sum(per_op.values())
     fft = sum(v for k, v in per_op.items() if any(m in k.lower() for m in _FFT_MARKERS))
     matmul = sum(v for k, v in per_op.items() if k in _MATMUL_OPS)
@@ -48,6 +54,7 @@ def profile_breakdown(fn, device: str, iterations: int = _PROFILE_ITERATIONS) ->
         "fft_ms": fft,
         "fft_share": fft / total if total > 0 else 0.0,
         "matmul_ms": matmul,
+        "backend_ops_ms": backend_ms,
         "top_ops_ms": [[k, v] for k, v in top],
     }
 

@@ -154,7 +154,10 @@ def evaluate_targets(rows: list[dict], meta: dict) -> list[dict]:
         for impl in ("reference", "cpu"):
             if impl in prof:
                 p = prof[impl]["profile"]
-                parts.append(f"FFT is {100 * p['fft_share']:.0f}% of {impl}'s profiled self time")
+                part = f"FFT is {100 * p['fft_share']:.0f}% of {impl}'s profiled time"
+                if p.get("backend_ops_ms") and p["total_self_ms"] > 0:
+                    part += f", its jafr:: ops {100 * p['backend_ops_ms'] / p['total_self_ms']:.0f}% (the rest: the API's passes over J and their autograd)"
+                parts.append(part)
         if cpu is None:
             reason = meta.get("backends", {}).get("cpu", {}).get("cpu") or "not in this run"
             targets.append(_target(name, None, 3.0, "higher", "x", f"not measured: the cpu backend is unavailable ({reason}); " + "; ".join(parts)))
@@ -258,9 +261,11 @@ def profile_table(results: dict) -> str:
             continue
         p = r["profile"]
         top = ", ".join(f"{k} {v:.2f}" for k, v in p["top_ops_ms"][:5])
+        in_ops = p.get("backend_ops_ms") or None
         lines.append([r["impl"], _shape(r["shape"]), _fmt(r["median_s"] * 1e3), _fmt(p["total_self_ms"]), _fmt(p["fft_ms"]),
-                      f"{100 * p['fft_share']:.0f}%", _fmt(p.get("matmul_ms")), top])
-    header = ["impl", "shape", "wall ms / call", "profiled ms / call", "FFT ms", "FFT share", "matmul ms", "top ops (self ms / call)"]
+                      f"{100 * p['fft_share']:.0f}%", _fmt(p.get("matmul_ms")), _fmt(in_ops), top])
+    header = ["impl", "shape", "wall ms / call", "profiled ms / call", "FFT ms", "FFT share", "matmul ms",
+              "in jafr:: ops ms", "top ops (self ms / call)"]
     return _table(header, lines)
 
 
@@ -289,8 +294,12 @@ def memory_table(results: dict) -> str:
 
 def meta_line(meta: dict) -> str:
     dirty = " (uncommitted changes)" if meta["git_dirty"] else ""
+    load = meta.get("load_average")
+    busy = f", load average {load[0]:.1f} at start / {load[1]:.1f} at end" if load else ""
+    if load and max(load) > meta["threads"] + 0.5:
+        busy += " (**busy machine: other work competed for the cores, so times and ratios are unreliable**)"
     return (f"{meta['device_name']}, {meta['threads']} torch threads, torch {meta['torch']}, triton {meta['triton']}, "
-            f"git {meta['git_revision'][:10]}{dirty}, {meta['created']}{' (smoke run)' if meta['smoke'] else ''}")
+            f"git {meta['git_revision'][:10]}{dirty}, {meta['created']}{busy}{' (smoke run)' if meta['smoke'] else ''}")
 
 
 def markdown(results: dict, *, full: bool = False) -> str:
