@@ -78,6 +78,9 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     suite = configs.Suite.make(gpu=args.gpu, smoke=args.smoke)
+    if args.gpu and not torch.cuda.is_available():
+        print("--gpu needs a CUDA device, but torch.cuda.is_available() is False", file=sys.stderr)
+        return 2
     start = time.perf_counter()
     load_start = os.getloadavg()[0]  # 1-minute load average: a busy machine makes every number unreliable
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,13 +93,14 @@ def main(argv=None) -> int:
     results = report.build_results(raw, report.collect_meta(suite))
     results["meta"]["wall_s"] = time.perf_counter() - start
     results["meta"]["load_average"] = [load_start, os.getloadavg()[0]]
+    results["meta"]["partial"] = bool(args.keyword or args.only)  # a subset never becomes the README's table
     results["meta"]["pytest_exit_code"] = int(code)
     path = report.write_results(results, args.out)
     print()
     print(report.markdown(results))
     print(f"wrote {path} and {path.with_suffix('.md')} ({len(results['rows'])} rows, {results['meta']['wall_s']:.0f} s)")
     default_out = args.out.resolve() == report.RESULTS_DIR.resolve()
-    if not args.smoke and not args.no_readme and default_out and not args.keyword and not args.only:
+    if not args.smoke and not args.no_readme and default_out and not results["meta"]["partial"]:
         if report.update_readme(args.out):
             print(f"updated {report.README}")
     return int(code)

@@ -54,7 +54,7 @@ def cuda_peak_extra_bytes(fn) -> int:
     return peak
 
 
-def test_memory(benchmark, memory_case):
+def test_memory(benchmark, memory_case, suite):
     jac = make_input(memory_case.shape, memory_case.dtype, memory_case.device).requires_grad_(True)
 
     def step():

@@ -337,11 +337,11 @@ def write_results(results: dict, out_dir: Path) -> Path:
 
 
 def latest(out_dir: Path, device: str) -> Optional[dict]:
-    """The newest full (non-smoke) results for ``device`` in ``out_dir``, or None."""
+    """The newest full results (not smoke, not a ``--only`` / ``-k`` subset) for ``device`` in ``out_dir``, or None."""
     best = None
     for path in out_dir.glob(f"{device}-*.json"):
         data = json.loads(path.read_text())
-        if data["meta"]["smoke"]:
+        if data["meta"]["smoke"] or data["meta"].get("partial"):
             continue
         if best is None or data["meta"]["created"] > best["meta"]["created"]:
             best = data

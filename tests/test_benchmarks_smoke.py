@@ -94,3 +94,23 @@ def test_readme_section_is_regenerated(smoke_results, tmp_path):
     statuses = ("**met**", "**not met**", "not measured")
     target_lines = [line for line in section.splitlines() if any(s in line for s in statuses)]
     assert len(target_lines) == len(results["targets"])
+
+
+def test_gpu_targets_from_synthetic_rows():
+    """The GPU targets (not runnable here) evaluate from rows shaped like a --gpu run's."""
+    from benchmarks import configs, report
+
+    def kernel(impl, shape, median_s, op="freq_penalty"):
+        case = configs.KernelCase(op, "fwd+bwd", impl, shape, None if op == "copy" else 0.25, "fp32", "cuda")
+        return {"kind": "kernel", "name": case.id, "median_s": median_s, **case.as_dict()}
+
+    small, big = configs.TARGET_SHAPE, configs.GPU_BANDWIDTH_SHAPE
+    rows = [kernel("reference", small, 2e-3), kernel("triton", small, 1e-4), kernel("copy", small, 2e-5, "copy"),
+            kernel("reference", big, 3e-2), kernel("triton", big, 4e-4), kernel("copy", big, 3e-4, "copy")]
+    report.derive(rows)
+    meta = {"device": "cuda", "smoke": False, "backends": {}}
+    targets = {t["target"]: t for t in report.evaluate_targets(rows, meta)}
+    speed = next(t for name, t in targets.items() if name.startswith("Triton") and "256,3,32,32" in name)
+    share = next(t for name, t in targets.items() if name.startswith("Triton") and "4096" in name)
+    assert speed["measured"] == pytest.approx(20.0) and speed["met"] is True
+    assert share["measured"] == pytest.approx(75.0) and share["met"] is True
