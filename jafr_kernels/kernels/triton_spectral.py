@@ -403,14 +403,17 @@ def _grad_spectrum_kernel(
 _DFT_CONFIGS = [
     triton.Config({"PLANES": p}, num_warps=w) for p, w in ((1, 4), (1, 8), (2, 8), (4, 8))
 ]
+# The backward kernels hold two more (BV, BW) matrices: at 4 warps their 32-wide IEEE variants spill
+# 5-7 KB per thread (scripts/triton_compile_check.py, sm_90), at 8 warps under 100 B.
+_DFT_BWD_CONFIGS = [triton.Config({"PLANES": p}, num_warps=8) for p in (1, 2, 4)]
 _SPECTRUM_CONFIGS = [
     triton.Config({"BLOCK": b}, num_warps=w) for b, w in ((512, 4), (1024, 4), (2048, 8))
 ]
 _energy_dft_tuned = triton.autotune(_DFT_CONFIGS, key=["H", "W", "POWER", "HAS_WEIGHT", "ACC"])(_energy_dft_kernel)
-_energy_bwd_dft_tuned = triton.autotune(_DFT_CONFIGS, key=["H", "W", "POWER", "HAS_WEIGHT", "ACC"])(
+_energy_bwd_dft_tuned = triton.autotune(_DFT_BWD_CONFIGS, key=["H", "W", "POWER", "HAS_WEIGHT", "ACC"])(
     _energy_bwd_dft_kernel
 )
-_magnitude_bwd_dft_tuned = triton.autotune(_DFT_CONFIGS, key=["H", "W", "ACC"])(_magnitude_bwd_dft_kernel)
+_magnitude_bwd_dft_tuned = triton.autotune(_DFT_BWD_CONFIGS, key=["H", "W", "ACC"])(_magnitude_bwd_dft_kernel)
 _energy_spectrum_tuned = triton.autotune(_SPECTRUM_CONFIGS, key=["H", "W", "POWER", "HAS_WEIGHT", "ACC"])(
     _energy_spectrum_kernel
 )

@@ -1,0 +1,97 @@
+"""Compile every Triton kernel of the backend for a CUDA target without a GPU, and report its resources.
+
+``python scripts/triton_compile_check.py [--arch 90] [--sizes 28x28,32x32,31x17]`` runs Triton's full
+pipeline (TTIR -> PTX -> cubin with the bundled ptxas) for the DFT-path kernels at the given plane sizes in
+fp32 / fp16 / bf16 / fp64 input and for the FFT-path spectrum kernels, over the autotune configurations,
+and prints registers and stack (spill) bytes per thread from ``cuobjdump``. Exit status 1 if any kernel
+fails to compile. This is how the 32 x 32 limit of the automatic DFT path was chosen (64 x 64 IEEE blocks
+spill tens of KB and take minutes to compile); run it after changing a kernel, GPU or not.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from jafr_kernels.kernels import triton_spectral as ts
+
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+def compile_kernel(kernel, types: dict, consts: dict, num_warps: int, arch: int) -> str:
+    """Compile one specialisation; return a one-line resource report."""
+    signature = {name: ("constexpr" if name in consts else types[name]) for name in kernel.arg_names}
+    constexprs = {(kernel.arg_names.index(k),): v for k, v in consts.items()}
+    start = time.perf_counter()
+    compiled = triton.compile(ASTSource(kernel, signature, constexprs=constexprs), target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": num_warps})
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([CUOBJDUMP, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    found = re.search(r"REG:(\d+).*STACK:(\d+)", usage)
+    regs, stack = found.groups() if found else ("?", "?")
+    shown = " ".join(f"{k}={v}" for k, v in consts.items() if k in ("H", "W", "POWER", "ACC", "PREC", "PLANES", "BLOCK", "IS_MAG"))
+    return (f"{kernel.fn.__name__:27s} {shown:58s} warps={num_warps} regs={regs:>3s} stack={stack:>5s}B "
+            f"smem={compiled.metadata.shared}B {time.perf_counter() - start:.1f}s")
+
+
+def cases(sizes):
+    """(kernel, arg types, constexprs, num_warps) for every kernel the automatic paths launch."""
+    for h, w in sizes:
+        blocks = dict(H=h, W=w, BH=ts._block(h), BW=ts._block(w), BV=ts._block(w // 2 + 1))
+        for x_type, acc in (("*fp32", tl.float32), ("*fp16", tl.float32), ("*bf16", tl.float32), ("*fp64", tl.float64)):
+            p = "*fp64" if acc is tl.float64 else "*fp32"
+            prec = "ieee" if acc is tl.float64 else ("tf32x3" if max(blocks["BH"], blocks["BW"]) > ts.AUTO_DFT_SIZE else "ieee")
+            types = dict(x_ptr=x_type, dx_ptr=x_type, w_ptr=p, out_ptr=p, grad_ptr=p, partial_ptr=p, ch_ptr=p, sh_ptr=p,
+                         cw_ptr=p, sw_ptr=p, n_planes="i32", q_lo="i64", q_hi="i64")
+            common = dict(blocks, ACC=acc, PREC=prec)
+            for cfg in ts._DFT_CONFIGS:
+                planes, warps = cfg.kwargs["PLANES"], cfg.num_warps
+                yield ts._energy_dft_kernel, types, dict(common, POWER=1, HAS_WEIGHT=False, PLANES=planes), warps
+            for cfg in ts._DFT_BWD_CONFIGS:
+                planes, warps = cfg.kwargs["PLANES"], cfg.num_warps
+                yield ts._energy_bwd_dft_kernel, types, dict(common, POWER=2, HAS_WEIGHT=True, PLANES=planes), warps
+                yield ts._magnitude_bwd_dft_kernel, types, dict(common, PLANES=planes), warps
+            yield ts._magnitude_dft_kernel, types, common, 4
+    for acc, p in ((tl.float32, "*fp32"), (tl.float64, "*fp64")):
+        types = dict(spec_ptr=p, w_ptr=p, out_ptr=p, grad_ptr=p, q_lo="i64", q_hi="i64", n_planes="i32")
+        for cfg in ts._SPECTRUM_CONFIGS:
+            block, warps = cfg.kwargs["BLOCK"], cfg.num_warps
+            yield ts._energy_spectrum_kernel, types, dict(H=224, W=224, POWER=1, HAS_WEIGHT=True, ACC=acc, BLOCK=block), warps
+            for is_mag in (False, True):
+                consts = dict(H=224, W=224, IS_MAG=is_mag, POWER=2, HAS_WEIGHT=not is_mag, ACC=acc, BLOCK=block)
+                yield ts._grad_spectrum_kernel, types, consts, warps
+        yield ts._magnitude_spectrum_kernel, types, dict(HV=224 * 113, ACC=acc, BLOCK=256), 4
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability as an integer (90 = H100)")
+    parser.add_argument("--sizes", default="28x28,32x32,31x17", help="DFT-path plane sizes HxW, comma separated")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        parser.error("unset TRITON_INTERPRET: the interpreter does not compile")
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    failures = 0
+    for kernel, types, consts, warps in cases(sizes):
+        try:
+            print(compile_kernel(kernel, types, consts, warps, args.arch), flush=True)
+        except Exception as exc:  # report every failing specialisation, then fail
+            failures += 1
+            print(f"FAILED {kernel.fn.__name__} {consts} warps={warps}: {type(exc).__name__}: {exc}", flush=True)
+    print(f"{failures} failures")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
