@@ -2,6 +2,7 @@
 # GPU check (make gpu-check): on a CUDA machine, run the GPU tests and the kernel benchmarks, and keep a
 # log named after the device under benchmarks/results/.
 #
+#   0. scripts/triton_compile_check.py for this device's architecture (registers and spills per kernel);
 #   1. tests/test_triton.py with JAFR_TRITON_TEST_DEVICE=cuda: every Triton test on the compiled kernels
 #      (no interpreter), plus the bf16 / TF32 / large-batch checks marked `gpu`;
 #   2. every other test marked `gpu` (pytest -m gpu), if any;
@@ -42,6 +43,8 @@ run() {
     [ "$rc" -eq 0 ] || status=1
 }
 
+arch="$("$PYTHON" -c "import torch; m, n = torch.cuda.get_device_capability(0); print(10 * m + n)")"
+run "$PYTHON" scripts/triton_compile_check.py --arch "$arch"
 run env JAFR_TRITON_TEST_DEVICE=cuda "$PYTHON" -m pytest tests/test_triton.py -q -rs -p no:cacheprovider "$@"
 # Other modules' GPU tests (exit code 5 = none collected, which is fine).
 echo "\$ $PYTHON -m pytest tests -m gpu --ignore=tests/test_triton.py" | tee -a "$log"
