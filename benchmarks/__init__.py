@@ -1,0 +1,1 @@
+"""jafr_kernels benchmark suite (pytest-benchmark): ``python -m benchmarks``; see benchmarks/README.md."""
