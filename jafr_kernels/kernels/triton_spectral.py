@@ -18,10 +18,12 @@ Two paths, chosen per plane size (:func:`plane_path`):
   ``torch.fft.irfft2``.
 
 Why the DFT path stops at 32 by default: IEEE fp32 ``tl.dot`` lowers to FMA loops that keep a whole K = 64
-operand slice in registers. Compiled for sm_90 (ptxas), the 64 x 64 kernels spill 18-22 KB of stack per
-thread and take minutes to compile, while the 32 x 32 ones fit in <= 255 registers without spills. So
-planes above 32 go to the FFT path unless ``path="dft"`` is forced; forced 64-wide blocks use the 3-pass
-TF32 split (``"tf32x3"``, tensor cores, fp32-level accuracy) instead of IEEE FMA.
+operand slice in registers. Compiled for sm_90 (ptxas; ``scripts/triton_compile_check.py``), the 64 x 64
+kernels spill 18-22 KB of stack per thread and take minutes to compile, while the 32 x 32 forward kernels
+fit in <= 255 registers without spills and the backward ones (8 warps) spill under 100 B. So planes above
+32 go to the FFT path unless ``path="dft"`` is forced; forced 64-wide fp32 blocks use the 3-pass TF32 split
+(``"tf32x3"``, tensor cores, fp32-level accuracy; still 0.3-1.7 KB of spills) instead of IEEE FMA, and
+forced 64-wide fp64 blocks stay IEEE (slow to compile: for tests, not for speed).
 
 Precision: x is upcast after the load (fp16/bf16 -> fp32; fp64 stays fp64) and everything accumulates in
 fp32 (fp64 for fp64 input). ``tl.dot`` runs in IEEE fp32 (``input_precision="ieee"``) unless the environment
