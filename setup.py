@@ -40,7 +40,7 @@ def extensions():
     use_cuda, why = _want_cuda()
     if not use_cuda and os.environ.get("JAFR_FORCE_CUDA", "0") == "1":
         raise RuntimeError(f"JAFR_FORCE_CUDA=1 but the CUDA path cannot be built: {why}")
-    cxx = ["-O3"]
+    cxx = ["-O3", "-fopenmp-simd"]
     sources = [os.path.join("csrc", "spectral.cpp")]
     if not use_cuda:
         print(f"jafr_kernels: building the CPU path only ({why})")

@@ -16,6 +16,7 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <string>
@@ -84,7 +85,7 @@ Plan make_plan(const at::Tensor& planes, const c10::optional<at::Tensor>& weight
   // Real multiply-adds per plane: the partial transform (forward) vs a full real FFT (~2.5 N log2 N flops,
   // at several times lower throughput than a GEMM). The factor was measured on the CPU; see benchmarks/.
   const double partial_cost = 2.0 * cols * H * W + 4.0 * U * cols * H;
-  const double fft_cost = 1.5 * H * W * std::log2(static_cast<double>(H * W));
+  const double fft_cost = 2.5 * H * W * std::log2(static_cast<double>(H * W));
   bool full = path == kFull || (path == kAuto && partial_cost > fft_cost);
   if (U == 0 || cols == 0) full = false;  // empty mask: nothing to transform
   Plan plan{H, W, at::Tensor(), cols, full, at::Tensor()};
@@ -192,9 +193,9 @@ std::vector<scalar_t> bin_table(const at::Tensor& rows_cpu, int64_t V, int64_t H
 
 // ---------------------------------------------------------------------------------------------- stages (CPU)
 at::Tensor energy_stage(const at::Tensor& spec, const at::Tensor& rows, const at::Tensor& weight, int64_t H, int64_t W,
-                        int64_t q_lo, int64_t q_hi, int64_t power) {
+                        int64_t q_lo, int64_t q_hi, int64_t power, const at::Tensor& inv_scale) {
 #ifdef JAFR_WITH_CUDA
-  if (spec.is_cuda()) return energy_stage_cuda(spec, rows, weight, H, W, q_lo, q_hi, power);
+  if (spec.is_cuda()) return energy_stage_cuda(spec, rows, weight, H, W, q_lo, q_hi, power, inv_scale);
 #endif
   TORCH_CHECK(spec.device().is_cpu(), "jafr: this build has no CUDA support for ", spec.device());
   const int64_t P = spec.size(0), U = spec.size(1), V = spec.size(2);
@@ -202,13 +203,15 @@ at::Tensor energy_stage(const at::Tensor& spec, const at::Tensor& rows, const at
   AT_DISPATCH_FLOATING_TYPES(spec.scalar_type(), "jafr_energy_stage", [&] {
     const std::vector<scalar_t> table = bin_table<scalar_t>(rows.cpu(), V, H, W, q_lo, q_hi, weight, true);
     const scalar_t* s = spec.data_ptr<scalar_t>();
+    const scalar_t* is = inv_scale.defined() ? inv_scale.data_ptr<scalar_t>() : nullptr;
     scalar_t* o = out.data_ptr<scalar_t>();
     at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p) {
         const scalar_t* sp = s + p * U * V * 2;
+        const scalar_t f = is ? is[p] : scalar_t(1);
         double acc = 0.0;  // double accumulation: sums of up to ~1e5 bins stay far below fp32 rounding
         for (int64_t k = 0; k < U * V; ++k)
-          if (table[k] != scalar_t(0)) acc += static_cast<double>(table[k] * bin_energy(sp[2 * k], sp[2 * k + 1], power));
+          if (table[k] != scalar_t(0)) acc += static_cast<double>(table[k] * bin_energy(f * sp[2 * k], f * sp[2 * k + 1], power));
         o[p] = static_cast<scalar_t>(acc);
       }
     });
@@ -218,9 +221,10 @@ at::Tensor energy_stage(const at::Tensor& spec, const at::Tensor& rows, const at
 
 at::Tensor energy_grad_stage(const at::Tensor& spec, const at::Tensor& rows, const at::Tensor& weight, int64_t H,
                              int64_t W, int64_t q_lo, int64_t q_hi, int64_t power, const at::Tensor& grad,
-                             double scale, bool hermitian) {
+                             double scale, bool hermitian, const at::Tensor& inv_scale) {
 #ifdef JAFR_WITH_CUDA
-  if (spec.is_cuda()) return energy_grad_stage_cuda(spec, rows, weight, H, W, q_lo, q_hi, power, grad, scale, hermitian);
+  if (spec.is_cuda())
+    return energy_grad_stage_cuda(spec, rows, weight, H, W, q_lo, q_hi, power, grad, scale, hermitian, inv_scale);
 #endif
   TORCH_CHECK(spec.device().is_cpu(), "jafr: this build has no CUDA support for ", spec.device());
   const int64_t P = spec.size(0), U = spec.size(1), V = spec.size(2);
@@ -229,14 +233,16 @@ at::Tensor energy_grad_stage(const at::Tensor& spec, const at::Tensor& rows, con
     const std::vector<scalar_t> table = bin_table<scalar_t>(rows.cpu(), V, H, W, q_lo, q_hi, weight, hermitian);
     const scalar_t* s = spec.data_ptr<scalar_t>();
     const scalar_t* g = grad.data_ptr<scalar_t>();
+    const scalar_t* is = inv_scale.defined() ? inv_scale.data_ptr<scalar_t>() : nullptr;
     scalar_t* o = out.data_ptr<scalar_t>();
     at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p) {
         const scalar_t gp = g[p] * static_cast<scalar_t>(scale);
+        const scalar_t f = is ? is[p] : scalar_t(1);
         const int64_t base = p * U * V * 2;
         for (int64_t k = 0; k < U * V; ++k)
-          bin_energy_grad(s[base + 2 * k], s[base + 2 * k + 1], gp * table[k], static_cast<int>(power), o + base + 2 * k,
-                          o + base + 2 * k + 1);
+          bin_energy_grad(f * s[base + 2 * k], f * s[base + 2 * k + 1], gp * table[k], static_cast<int>(power),
+                          o + base + 2 * k, o + base + 2 * k + 1);
       }
     });
   });
@@ -274,7 +280,8 @@ at::Tensor energy(const at::Tensor& x, const c10::optional<at::Tensor>& weight, 
   const at::Tensor planes = as_planes(x);
   const Plan plan = make_plan(planes, weight, q_hi, path);
   if (plan.rows.size(0) == 0 || plan.cols == 0) return at::zeros({x.size(0), x.size(1)}, planes.options());
-  const at::Tensor e = energy_stage(spectrum(planes, plan), plan.rows, plan.weight, plan.H, plan.W, q_lo, q_hi, power);
+  const at::Tensor e =
+      energy_stage(spectrum(planes, plan), plan.rows, plan.weight, plan.H, plan.W, q_lo, q_hi, power, at::Tensor());
   return e.view({x.size(0), x.size(1)});
 }
 
@@ -290,10 +297,12 @@ at::Tensor energy_backward(const at::Tensor& grad, const at::Tensor& x, const c1
   if (plan.full) {
     // Re(sum h_v G e^{+i..}) = N irfft2(G): the mask is symmetric, so G's edge columns are already Hermitian.
     const double n = static_cast<double>(plan.H * plan.W);
-    const at::Tensor gs = energy_grad_stage(spec, plan.rows, plan.weight, plan.H, plan.W, q_lo, q_hi, power, g, n, false);
+    const at::Tensor gs =
+        energy_grad_stage(spec, plan.rows, plan.weight, plan.H, plan.W, q_lo, q_hi, power, g, n, false, at::Tensor());
     dx = at::fft_irfft2(at::view_as_complex(gs), at::IntArrayRef({plan.H, plan.W}));
   } else {
-    const at::Tensor gs = energy_grad_stage(spec, plan.rows, plan.weight, plan.H, plan.W, q_lo, q_hi, power, g, 1.0, true);
+    const at::Tensor gs =
+        energy_grad_stage(spec, plan.rows, plan.weight, plan.H, plan.W, q_lo, q_hi, power, g, 1.0, true, at::Tensor());
     dx = partial_synthesis(gs, plan);
   }
   return dx.view(x.sizes()).to(x.scalar_type());
@@ -316,6 +325,119 @@ at::Tensor mean_magnitude_backward(const at::Tensor& grad, const at::Tensor& x) 
   return at::fft_irfft2(gc, at::IntArrayRef({H, W})).view(x.sizes()).to(x.scalar_type());
 }
 
+// ---------------------------------------------------------------------------------------------- fused ratio (p = 2)
+// Per-sample stats (B, 2): [max |x_b|, N sum (x_b / max|x_b|)^2] (the second is E_all of the scaled sample by
+// Parseval). One pass over x; squares accumulate in double, which cannot overflow for any fp32 value.
+at::Tensor sample_stats(const at::Tensor& planes, int64_t B) {
+  const int64_t n_per = planes.numel() / B, N = planes.size(1) * planes.size(2);
+  if (planes.is_cuda()) {
+    const at::Tensor flat = planes.view({B, n_per});
+    const at::Tensor amax = flat.abs().amax(1).to(at::kDouble);
+    const at::Tensor sumsq = flat.to(at::kDouble).square().sum(1);
+    const at::Tensor safe = at::where(amax > 0, amax, at::ones_like(amax));
+    return at::stack({amax, sumsq * static_cast<double>(N) / (safe * safe)}, 1).to(planes.scalar_type());
+  }
+  at::Tensor out = at::empty({B, 2}, planes.options());
+  AT_DISPATCH_FLOATING_TYPES(planes.scalar_type(), "jafr_sample_stats", [&] {
+    const scalar_t* x = planes.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const scalar_t* xb = x + b * n_per;
+        scalar_t amax = 0;
+        double sumsq = 0.0;  // double: squares of any fp32 value are representable
+        _Pragma("omp simd reduction(max : amax) reduction(+ : sumsq)")
+        for (int64_t i = 0; i < n_per; ++i) {
+          const scalar_t a = xb[i] < 0 ? -xb[i] : xb[i];
+          amax = a > amax ? a : amax;
+          sumsq += static_cast<double>(xb[i]) * static_cast<double>(xb[i]);
+        }
+        // NaN/Inf anywhere make sumsq non-finite: report it through amax, which callers check.
+        const double m = std::isfinite(sumsq) ? static_cast<double>(amax) : std::numeric_limits<double>::quiet_NaN();
+        o[2 * b] = static_cast<scalar_t>(m);
+        o[2 * b + 1] = static_cast<scalar_t>(m > 0 ? static_cast<double>(N) * sumsq / (m * m) : 0.0);
+      }
+    });
+  });
+  return out;
+}
+
+// ratio_b = sum_c E_low(x_bc / s_b) / E_all(x_b / s_b), s_b = max |x_b|; 0 for an all-zero sample.
+std::tuple<at::Tensor, at::Tensor> band_ratio(const at::Tensor& x, const c10::optional<at::Tensor>& weight, int64_t q_lo,
+                                              int64_t q_hi, int64_t path) {
+  const at::Tensor planes = as_planes(x);
+  const int64_t B = x.size(0), C = x.size(1);
+  const at::Tensor stats = sample_stats(planes, B);
+  const at::Tensor scale = stats.select(1, 0), e_all = stats.select(1, 1);
+  const at::Tensor inv = at::where(scale > 0, scale.reciprocal(), at::zeros_like(scale));
+  const Plan plan = make_plan(planes, weight, q_hi, path);
+  at::Tensor e_low = at::zeros({B}, planes.options());
+  if (plan.rows.size(0) > 0 && plan.cols > 0)
+    e_low = energy_stage(spectrum(planes, plan), plan.rows, plan.weight, plan.H, plan.W, q_lo, q_hi, 2,
+                         inv.repeat_interleave(C))
+                .view({B, C})
+                .sum(1);
+  const at::Tensor ratio = at::where(e_all > 0, e_low / at::where(e_all > 0, e_all, at::ones_like(e_all)), at::zeros_like(e_all));
+  return {ratio, stats};
+}
+
+// d(sum_b grad_b ratio_b)/dx = (2 Re sum h m (X/s) e^{+i..} - ratio 2N (x/s)) grad / (s E_all(x/s)).
+at::Tensor band_ratio_backward(const at::Tensor& grad, const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                               int64_t q_lo, int64_t q_hi, const at::Tensor& ratio, const at::Tensor& stats, int64_t path) {
+  const at::Tensor planes = as_planes(x);
+  const int64_t B = x.size(0), C = x.size(1), N = planes.size(1) * planes.size(2);
+  const at::Tensor st = stats.to(planes.scalar_type());
+  const at::Tensor scale = st.select(1, 0), e_all = st.select(1, 1);
+  const at::Tensor live = (e_all > 0).logical_and(scale > 0);
+  const at::Tensor inv = at::where(live, scale.reciprocal(), at::zeros_like(scale));
+  // k_b = grad_b / (s_b E_all_b): finite for s from 1e-30 to 1e30 because the 1/s factors are applied to x/s.
+  const at::Tensor k = at::where(live, grad.to(planes.scalar_type()) / (at::where(live, scale, at::ones_like(scale)) *
+                                                                         at::where(live, e_all, at::ones_like(e_all))),
+                                 at::zeros_like(e_all));
+  const Plan plan = make_plan(planes, weight, q_hi, path);
+  at::Tensor dx;
+  if (plan.rows.size(0) == 0 || plan.cols == 0) {
+    dx = at::zeros_like(planes);
+  } else {
+    const at::Tensor spec = spectrum(planes, plan);
+    const at::Tensor kp = k.repeat_interleave(C), ip = inv.repeat_interleave(C);
+    if (plan.full) {
+      const at::Tensor gs = energy_grad_stage(spec, plan.rows, plan.weight, plan.H, plan.W, q_lo, q_hi, 2, kp,
+                                              static_cast<double>(N), false, ip);
+      dx = at::fft_irfft2(at::view_as_complex(gs), at::IntArrayRef({plan.H, plan.W}));
+    } else {
+      const at::Tensor gs = energy_grad_stage(spec, plan.rows, plan.weight, plan.H, plan.W, q_lo, q_hi, 2, kp, 1.0, true, ip);
+      dx = partial_synthesis(gs, plan);
+    }
+  }
+  // dx -= (2 N k_b ratio_b) * (x / s_b), fused on the CPU so no temporary of x's size is made.
+  const at::Tensor coef = 2.0 * static_cast<double>(N) * k * ratio.to(planes.scalar_type());
+  const at::Tensor dxf = dx.view({B, -1});
+  const at::Tensor xf = planes.view({B, -1});
+  if (planes.is_cuda()) {
+    dxf.sub_(xf * inv.unsqueeze(1) * coef.unsqueeze(1));
+  } else {
+    AT_DISPATCH_FLOATING_TYPES(planes.scalar_type(), "jafr_ratio_backward", [&] {
+      const int64_t n_per = xf.size(1);
+      scalar_t* d = dxf.data_ptr<scalar_t>();
+      const scalar_t* xp = xf.data_ptr<scalar_t>();
+      const at::Tensor coef_c = coef.contiguous(), inv_c = inv.contiguous();
+      const scalar_t* cp = coef_c.data_ptr<scalar_t>();
+      const scalar_t* ipp = inv_c.data_ptr<scalar_t>();
+      at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) {
+          scalar_t* db = d + b * n_per;
+          const scalar_t* xb = xp + b * n_per;
+          const scalar_t c = cp[b], f = ipp[b];
+          _Pragma("omp simd")
+          for (int64_t i = 0; i < n_per; ++i) db[i] -= c * (xb[i] * f);
+        }
+      });
+    });
+  }
+  return dx.view(x.sizes()).to(x.scalar_type());
+}
+
 }  // namespace jafr
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -327,6 +449,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mean_magnitude", &jafr::mean_magnitude, "(H, W//2+1) mean over batch and channels of |rfft2(x)|", py::arg("x"));
   m.def("mean_magnitude_backward", &jafr::mean_magnitude_backward, "gradient of sum(grad * mean_magnitude(x))",
         py::arg("grad"), py::arg("x"));
+  m.def("band_ratio", &jafr::band_ratio, "fused (B,) low-band energy ratio for power 2, and per-sample stats (B, 2)",
+        py::arg("x"), py::arg("weight"), py::arg("q_lo"), py::arg("q_hi"), py::arg("path") = 0);
+  m.def("band_ratio_backward", &jafr::band_ratio_backward, "gradient of sum(grad * band_ratio(x)) w.r.t. x",
+        py::arg("grad"), py::arg("x"), py::arg("weight"), py::arg("q_lo"), py::arg("q_hi"), py::arg("ratio"),
+        py::arg("stats"), py::arg("path") = 0);
   m.def("built_with_cuda", [] {
 #ifdef JAFR_WITH_CUDA
     return true;

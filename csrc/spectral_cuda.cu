@@ -16,15 +16,17 @@ constexpr int kThreads = 256;
 template <typename scalar_t>
 __global__ void energy_kernel(const scalar_t* __restrict__ spec, const int64_t* __restrict__ rows,
                               const scalar_t* __restrict__ weight, int64_t U, int64_t V, int64_t H, int64_t W,
-                              int64_t q_lo, int64_t q_hi, int power, scalar_t* __restrict__ out) {
+                              int64_t q_lo, int64_t q_hi, int power, const scalar_t* __restrict__ inv_scale,
+                              scalar_t* __restrict__ out) {
   __shared__ double partial[kThreads];
   const int64_t p = blockIdx.x;
   const scalar_t* sp = spec + p * U * V * 2;
+  const scalar_t f = inv_scale ? inv_scale[p] : scalar_t(1);
   double acc = 0.0;
   for (int64_t k = threadIdx.x; k < U * V; k += blockDim.x) {
     const int64_t i = k / V, v = k % V;
     const scalar_t m = mask_value<scalar_t>(rows[i], v, H, W, q_lo, q_hi, weight ? weight + k : nullptr);
-    if (m != scalar_t(0)) acc += static_cast<double>(m * hermitian_weight<scalar_t>(v, W) * bin_energy(sp[2 * k], sp[2 * k + 1], power));
+    if (m != scalar_t(0)) acc += static_cast<double>(m * hermitian_weight<scalar_t>(v, W) * bin_energy(f * sp[2 * k], f * sp[2 * k + 1], power));
   }
   partial[threadIdx.x] = acc;
   __syncthreads();
@@ -39,14 +41,16 @@ template <typename scalar_t>
 __global__ void energy_grad_kernel(const scalar_t* __restrict__ spec, const int64_t* __restrict__ rows,
                                    const scalar_t* __restrict__ weight, int64_t P, int64_t U, int64_t V, int64_t H,
                                    int64_t W, int64_t q_lo, int64_t q_hi, int power, const scalar_t* __restrict__ grad,
-                                   scalar_t scale, bool hermitian, scalar_t* __restrict__ out) {
+                                   scalar_t scale, bool hermitian, const scalar_t* __restrict__ inv_scale,
+                                   scalar_t* __restrict__ out) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= P * U * V) return;
   const int64_t k = idx % (U * V), p = idx / (U * V);
   const int64_t i = k / V, v = k % V;
   scalar_t m = mask_value<scalar_t>(rows[i], v, H, W, q_lo, q_hi, weight ? weight + k : nullptr);
   if (hermitian) m *= hermitian_weight<scalar_t>(v, W);
-  bin_energy_grad(spec[2 * idx], spec[2 * idx + 1], grad[p] * scale * m, power, out + 2 * idx, out + 2 * idx + 1);
+  const scalar_t f = inv_scale ? inv_scale[p] : scalar_t(1);
+  bin_energy_grad(f * spec[2 * idx], f * spec[2 * idx + 1], grad[p] * scale * m, power, out + 2 * idx, out + 2 * idx + 1);
 }
 
 template <typename scalar_t>
@@ -64,7 +68,7 @@ int64_t blocks_for(int64_t n) { return (n + kThreads - 1) / kThreads; }
 }  // namespace
 
 at::Tensor energy_stage_cuda(const at::Tensor& spec, const at::Tensor& rows, const at::Tensor& weight, int64_t H,
-                             int64_t W, int64_t q_lo, int64_t q_hi, int64_t power) {
+                             int64_t W, int64_t q_lo, int64_t q_hi, int64_t power, const at::Tensor& inv_scale) {
   const c10::cuda::CUDAGuard guard(spec.device());
   const int64_t P = spec.size(0), U = spec.size(1), V = spec.size(2);
   at::Tensor out = at::empty({P}, spec.options());
@@ -73,7 +77,8 @@ at::Tensor energy_stage_cuda(const at::Tensor& spec, const at::Tensor& rows, con
   AT_DISPATCH_FLOATING_TYPES(spec.scalar_type(), "jafr_energy_stage_cuda", [&] {
     energy_kernel<scalar_t><<<P, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         spec.data_ptr<scalar_t>(), r.data_ptr<int64_t>(), weight.defined() ? weight.data_ptr<scalar_t>() : nullptr, U, V,
-        H, W, q_lo, q_hi, static_cast<int>(power), out.data_ptr<scalar_t>());
+        H, W, q_lo, q_hi, static_cast<int>(power), inv_scale.defined() ? inv_scale.data_ptr<scalar_t>() : nullptr,
+        out.data_ptr<scalar_t>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -81,7 +86,7 @@ at::Tensor energy_stage_cuda(const at::Tensor& spec, const at::Tensor& rows, con
 
 at::Tensor energy_grad_stage_cuda(const at::Tensor& spec, const at::Tensor& rows, const at::Tensor& weight, int64_t H,
                                   int64_t W, int64_t q_lo, int64_t q_hi, int64_t power, const at::Tensor& grad,
-                                  double scale, bool hermitian) {
+                                  double scale, bool hermitian, const at::Tensor& inv_scale) {
   const c10::cuda::CUDAGuard guard(spec.device());
   const int64_t P = spec.size(0), U = spec.size(1), V = spec.size(2);
   at::Tensor out = at::empty_like(spec);
@@ -91,7 +96,7 @@ at::Tensor energy_grad_stage_cuda(const at::Tensor& spec, const at::Tensor& rows
     energy_grad_kernel<scalar_t><<<blocks_for(P * U * V), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         spec.data_ptr<scalar_t>(), r.data_ptr<int64_t>(), weight.defined() ? weight.data_ptr<scalar_t>() : nullptr, P, U,
         V, H, W, q_lo, q_hi, static_cast<int>(power), grad.data_ptr<scalar_t>(), static_cast<scalar_t>(scale), hermitian,
-        out.data_ptr<scalar_t>());
+        inv_scale.defined() ? inv_scale.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;

@@ -113,12 +113,19 @@ def sample_max_abs(x: Tensor) -> Tensor:
     return x.detach().flatten(1).abs().amax(dim=1)  # amax propagates NaN; an inf-norm reduction is ~10x slower on CPU
 
 
-def _ratio(x: Tensor, weight, band, power: int, backend: str, max_abs: Tensor) -> Tensor:
-    """Per-sample E_low / E_all, computed on x divided by its per-sample max |x|.
+def _ratio(x: Tensor, weight, band, power: int, backend: str):
+    """Per-sample ``(E_low / E_all, max|x|)``, computed on x divided by its per-sample max |x|.
 
     The ratio is scale invariant, so dividing by a detached per-sample scale changes neither its value nor
-    its gradient, while it keeps N |x|^2 representable in fp32 for |x| from 1e-30 to 1e30.
+    its gradient, while it keeps N |x|^2 representable in fp32 for |x| from 1e-30 to 1e30. Backends with a
+    fused power-2 ratio do all of it in one op (one read of x forward; x and the band-passed x backward).
     """
+    if power == 2 and backends.fuses_ratio(backend):
+        h, w = x.shape[-2:]
+        q_lo, q_hi = (0, reference.Q_MAX) if band is None else band.q_limits(h, w)
+        ratio, stats = ops.band_ratio(x.contiguous(), weight, q_lo, q_hi, backend)
+        return ratio, stats[:, 0]
+    max_abs = sample_max_abs(x)
     acc = ops.accumulate_dtype(x.dtype)
     scale = torch.where(max_abs > 0, max_abs, torch.ones_like(max_abs)).to(acc)
     xs = x.to(acc) / scale[:, None, None, None]
@@ -128,13 +135,11 @@ def _ratio(x: Tensor, weight, band, power: int, backend: str, max_abs: Tensor) -
         e_all = n * torch.linalg.vector_norm(xs.flatten(1), dim=1).square()  # Parseval: no transform needed
     else:
         e_all = _energy(xs, None, RadialBand.all(), power, backend).sum(dim=1)
-    return reference._safe_ratio(e_low, e_all)
+    return reference._safe_ratio(e_low, e_all), max_abs
 
 
 def _handle_nonfinite(x: Tensor, max_abs: Tensor, nonfinite: str, name: str):
     """Raise on NaN/Inf in x (with the count of bad entries), or zero the affected samples."""
-    if nonfinite not in ("raise", "ignore"):
-        raise ValueError(f"nonfinite must be 'raise' or 'ignore', got {nonfinite!r}")
     if torch.compiler.is_compiling() or bool(torch.isfinite(max_abs).all()):
         return x, max_abs
     finite = torch.isfinite(x)
@@ -188,7 +193,7 @@ def low_freq_ratio(x: Tensor, cutoff: MaskLike = 0.25, *, power: int = 2, backen
     """
     x = check_planes(x)
     weight, band = as_mask(cutoff, x)
-    return _ratio(x, weight, band, _check_power(power), _choose_backend(backend, x), sample_max_abs(x))
+    return _ratio(x, weight, band, _check_power(power), _choose_backend(backend, x))[0]
 
 
 def radial_mask(h: int, w: int, cutoff=0.25, *, band: str = "low", device=None, dtype=torch.float32) -> Tensor:
@@ -282,15 +287,21 @@ def freq_penalty(
     if formulation not in ("ratio", "official"):
         raise ValueError(f"formulation must be 'ratio' or 'official', got {formulation!r}")
     backend = _choose_backend(backend, jac)
-    jac, max_abs = _handle_nonfinite(jac, sample_max_abs(jac), nonfinite, "jac")
+    if nonfinite not in ("raise", "ignore"):
+        raise ValueError(f"nonfinite must be 'raise' or 'ignore', got {nonfinite!r}")
     if formulation == "official":
+        jac, _ = _handle_nonfinite(jac, sample_max_abs(jac), nonfinite, "jac")
         if reduction != "mean":
             raise ValueError("formulation='official' yields one value per batch (a batch-mean spectrum); use reduction='mean'")
         if not (eps > 0):
             raise ValueError(f"eps must be > 0 for formulation='official', got {eps}")
         return _official(jac, target, float(max_pow), float(eps), backend)
     weight, band = as_mask(cutoff, jac)
-    ratio = _ratio(jac, weight, band, _check_power(power), backend, max_abs)
+    power = _check_power(power)
+    ratio, max_abs = _ratio(jac, weight, band, power, backend)
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(max_abs).all()):
+        jac, _ = _handle_nonfinite(jac, max_abs, nonfinite, "jac")  # raises, or zeroes the bad samples
+        ratio, max_abs = _ratio(jac, weight, band, power, backend)
     if target == "low":
         per_sample = torch.where(max_abs > 0, 1.0 - ratio, torch.zeros_like(ratio))
     else:

@@ -7,7 +7,10 @@ fp64 input):
   ``m = weight`` if given, else the radial band ``q_lo <= q(u, v) <= q_hi`` (see ``reference.RadialBand``);
 * ``energy_backward(grad, x, weight, q_lo, q_hi, power) -> dx`` (dtype of x);
 * ``mean_magnitude(x) -> (H, W//2+1)``: mean over batch and channels of ``|X|``;
-* ``mean_magnitude_backward(grad, x) -> dx``.
+* ``mean_magnitude_backward(grad, x) -> dx``;
+
+and optionally the fused power-2 ratio ``ratio(x, weight, q_lo, q_hi) -> (ratio (B,), stats (B, 2))`` with
+``ratio_backward(grad, x, weight, q_lo, q_hi, ratio, stats) -> dx`` (stats: ``[max|x_b|, E_all(x_b/max|x_b|)]``).
 
 ``auto`` picks, for CUDA tensors, Triton, then the CUDA extension, then the reference; for CPU tensors the
 C++ CPU extension, then the reference. ``JAFR_BACKEND`` overrides ``auto``.
@@ -118,6 +121,11 @@ def get(name: str):
             raise BackendUnavailableError(mod)
         return mod
     raise ValueError(f"backend {name!r} has no primitive ops")
+
+
+def fuses_ratio(name: str) -> bool:
+    """Whether backend ``name`` has the fused power-2 ratio (``ratio``/``ratio_backward``) primitives."""
+    return name != "reference" and hasattr(get(name), "ratio")
 
 
 def availability(device_types=("cpu", "cuda")) -> Mapping[str, Mapping[str, str | None]]:

@@ -46,6 +46,35 @@ def mean_magnitude_backward(grad: Tensor, x: Tensor, backend: str) -> Tensor:
     return backends.get(backend).mean_magnitude_backward(grad, x)
 
 
+@torch.library.custom_op("jafr::band_ratio", mutates_args=())
+def band_ratio(x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, backend: str) -> tuple[Tensor, Tensor]:
+    """Fused power-2 low-band ratio (B,) and per-sample stats (B, 2) ``[max|x_b|, E_all(x_b / max|x_b|)]``.
+
+    Served by backends that implement ``ratio`` (see ``backends.fuses_ratio``); its backward needs only x
+    and the band-passed x, so no spectrum is stored between forward and backward.
+    """
+    return backends.get(backend).ratio(x, weight, q_lo, q_hi)
+
+
+@torch.library.custom_op("jafr::band_ratio_backward", mutates_args=())
+def band_ratio_backward(
+    grad: Tensor, x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, ratio: Tensor, stats: Tensor, backend: str
+) -> Tensor:
+    """Gradient of ``sum(grad * band_ratio(x)[0])`` with respect to x."""
+    return backends.get(backend).ratio_backward(grad, x, weight, q_lo, q_hi, ratio, stats)
+
+
+@band_ratio.register_fake
+def _(x, weight, q_lo, q_hi, backend):
+    acc = accumulate_dtype(x.dtype)
+    return x.new_empty(x.shape[:1], dtype=acc), x.new_empty((x.shape[0], 2), dtype=acc)
+
+
+@band_ratio_backward.register_fake
+def _(grad, x, weight, q_lo, q_hi, ratio, stats, backend):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
 @spectral_energy.register_fake
 def _(x, weight, q_lo, q_hi, power, backend):
     return x.new_empty(x.shape[:2], dtype=accumulate_dtype(x.dtype))
@@ -90,5 +119,21 @@ def _magnitude_backward(ctx, grad):
     return mean_magnitude_backward(grad.contiguous(), x, ctx.backend), None
 
 
+def _ratio_setup(ctx, inputs, output):
+    x, weight, q_lo, q_hi, backend = inputs
+    ratio, stats = output
+    ctx.save_for_backward(x, weight, ratio, stats)
+    ctx.args = (q_lo, q_hi, backend)
+    ctx.mark_non_differentiable(stats)
+
+
+def _ratio_backward(ctx, grad_ratio, grad_stats):
+    x, weight, ratio, stats = ctx.saved_tensors
+    q_lo, q_hi, backend = ctx.args
+    dx = band_ratio_backward(grad_ratio.contiguous(), x, weight, q_lo, q_hi, ratio, stats, backend)
+    return dx, None, None, None, None
+
+
 spectral_energy.register_autograd(_energy_backward, setup_context=_energy_setup)
+band_ratio.register_autograd(_ratio_backward, setup_context=_ratio_setup)
 mean_magnitude.register_autograd(_magnitude_backward, setup_context=_magnitude_setup)

@@ -208,10 +208,12 @@ def op_samples():
         (ops.spectral_energy_backward, (torch.randn(2, 3), x, None, q_lo, q_hi, 2, "cpu")),
         (ops.mean_magnitude, (x.clone().requires_grad_(), "cpu")),
         (ops.mean_magnitude_backward, (torch.randn(9, 5), x, "cpu")),
+        (ops.band_ratio, (x.clone().requires_grad_(), None, q_lo, q_hi, "cpu")),
+        (ops.band_ratio, (x.clone().requires_grad_(), weights, 0, reference.Q_MAX, "cpu")),
     ]
 
 
-@pytest.mark.parametrize("index", range(5))
+@pytest.mark.parametrize("index", range(7))
 def test_opcheck(index):
     op, args = op_samples()[index]
     torch.library.opcheck(op, args)

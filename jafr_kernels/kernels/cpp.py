@@ -37,3 +37,12 @@ def mean_magnitude(x):
 
 def mean_magnitude_backward(grad, x):
     return _C.mean_magnitude_backward(grad, x)
+
+
+def ratio(x, weight, q_lo, q_hi):
+    """Fused power-2 ratio: ``(ratio (B,), stats (B, 2) = [max|x_b|, E_all(x_b / max|x_b|)])``."""
+    return _C.band_ratio(x, weight, q_lo, q_hi, _path())
+
+
+def ratio_backward(grad, x, weight, q_lo, q_hi, ratio_value, stats):
+    return _C.band_ratio_backward(grad, x, weight, q_lo, q_hi, ratio_value, stats, _path())
