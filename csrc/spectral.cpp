@@ -327,7 +327,7 @@ at::Tensor mean_magnitude_backward(const at::Tensor& grad, const at::Tensor& x) 
 
 // ---------------------------------------------------------------------------------------------- fused ratio (p = 2)
 // Per-sample stats (B, 2): [max |x_b|, N sum (x_b / max|x_b|)^2] (the second is E_all of the scaled sample by
-// Parseval). One pass over x; squares accumulate in double, which cannot overflow for any fp32 value.
+// Parseval); NaN as the max when the sample holds NaN or Inf.
 at::Tensor sample_stats(const at::Tensor& planes, int64_t B) {
   const int64_t n_per = planes.numel() / B, N = planes.size(1) * planes.size(2);
   if (planes.is_cuda()) {
@@ -344,18 +344,33 @@ at::Tensor sample_stats(const at::Tensor& planes, int64_t B) {
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
         const scalar_t* xb = x + b * n_per;
+        // Two vectorised passes: max |x|, then the sum of (x / max|x|)^2, whose terms are <= 1 (no overflow).
         scalar_t amax = 0;
-        double sumsq = 0.0;  // double: squares of any fp32 value are representable
-        _Pragma("omp simd reduction(max : amax) reduction(+ : sumsq)")
-        for (int64_t i = 0; i < n_per; ++i) {
+        _Pragma("omp simd reduction(max : amax)") for (int64_t i = 0; i < n_per; ++i) {
           const scalar_t a = xb[i] < 0 ? -xb[i] : xb[i];
           amax = a > amax ? a : amax;
-          sumsq += static_cast<double>(xb[i]) * static_cast<double>(xb[i]);
         }
-        // NaN/Inf anywhere make sumsq non-finite: report it through amax, which callers check.
-        const double m = std::isfinite(sumsq) ? static_cast<double>(amax) : std::numeric_limits<double>::quiet_NaN();
+        const scalar_t inv = amax > 0 ? scalar_t(1) / amax : scalar_t(0);
+        scalar_t sumsq = 0;
+        if (std::isfinite(static_cast<double>(inv)) || !std::isfinite(static_cast<double>(amax))) {
+          _Pragma("omp simd reduction(+ : sumsq)") for (int64_t i = 0; i < n_per; ++i) {
+            const scalar_t v = xb[i] * inv;
+            sumsq += v * v;
+          }
+        } else {  // subnormal max: 1/max overflows in fp32, so scale in double
+          double acc = 0.0;
+          for (int64_t i = 0; i < n_per; ++i) {
+            const double v = static_cast<double>(xb[i]) / static_cast<double>(amax);
+            acc += v * v;
+          }
+          sumsq = static_cast<scalar_t>(acc);
+        }
+        // NaN (or Inf, which makes inv = 0 and Inf * 0 = NaN) anywhere makes sumsq NaN: report it through
+        // the max, which callers check.
+        const double m = std::isfinite(static_cast<double>(sumsq)) ? static_cast<double>(amax)
+                                                                     : std::numeric_limits<double>::quiet_NaN();
         o[2 * b] = static_cast<scalar_t>(m);
-        o[2 * b + 1] = static_cast<scalar_t>(m > 0 ? static_cast<double>(N) * sumsq / (m * m) : 0.0);
+        o[2 * b + 1] = static_cast<scalar_t>(m > 0 ? static_cast<double>(N) * static_cast<double>(sumsq) : 0.0);
       }
     });
   });

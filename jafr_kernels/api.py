@@ -124,7 +124,13 @@ def _ratio(x: Tensor, weight, band, power: int, backend: str):
         h, w = x.shape[-2:]
         q_lo, q_hi = (0, reference.Q_MAX) if band is None else band.q_limits(h, w)
         ratio, stats = ops.band_ratio(x.contiguous(), weight, q_lo, q_hi, backend)
-        return ratio, stats[:, 0]
+        max_abs = stats[:, 0]
+        tiny = (max_abs > 0) & (max_abs < torch.finfo(stats.dtype).tiny)
+        if not torch.compiler.is_compiling() and bool(tiny.any()):
+            # 1/max|x| overflows for subnormal samples: lift them by an exact power of two (ratio unchanged)
+            lift = torch.where(tiny, 2.0**100, 1.0).to(x.dtype if x.dtype == torch.float64 else torch.float32)
+            ratio, stats = ops.band_ratio((x.to(lift.dtype) * lift[:, None, None, None]).contiguous(), weight, q_lo, q_hi, backend)
+        return ratio, max_abs
     max_abs = sample_max_abs(x)
     acc = ops.accumulate_dtype(x.dtype)
     scale = torch.where(max_abs > 0, max_abs, torch.ones_like(max_abs)).to(acc)
