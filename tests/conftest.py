@@ -20,7 +20,8 @@ CPU = torch.device("cpu")
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    actual, expected = actual.double(), expected.double()
+    """Normwise relative error max|actual - expected| / max|expected|, in float64."""
+    actual, expected = actual.detach().cpu().double(), expected.detach().cpu().double()
     scale = expected.abs().max().clamp_min(1e-300)
     return float((actual - expected).abs().max() / scale)
 

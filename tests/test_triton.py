@@ -33,6 +33,8 @@ import jafr_kernels as jk  # noqa: E402
 from jafr_kernels import backends, reference  # noqa: E402
 from jafr_kernels.reference import RadialBand  # noqa: E402
 
+from conftest import rel_err as _rel_err  # noqa: E402
+
 if _DEVICE == "cuda" and not torch.cuda.is_available():
     pytest.skip("JAFR_TRITON_TEST_DEVICE=cuda but no CUDA device is visible", allow_module_level=True)
 if _DEVICE == "cpu" and _TRITON_ALREADY_COMPILED:
@@ -60,12 +62,6 @@ BANDS = {
     "between": RadialBand.between(0.2, 0.6),
     "all": RadialBand.all(),
 }
-
-
-def _rel_err(got, want) -> float:
-    """Normwise relative error max|got - want| / max|want|."""
-    got, want = got.detach().to(torch.float64), want.detach().to(torch.float64)
-    return float((got - want).abs().max() / want.abs().max().clamp_min(1e-300))
 
 
 def _planes(b, c, h, w, dtype=torch.float32, seed=0):
@@ -174,18 +170,24 @@ def test_float64_matches_reference_tightly(path, power):
 
 
 @pytest.mark.parametrize("path", ["dft", "fft"])
-def test_half_precision_input_is_upcast(path):
-    """fp16 input: compared with the reference on the same fp16 values, so only fp32 maths error remains."""
-    x = _planes(2, 3, 32, 32, dtype=torch.float16)
+@pytest.mark.parametrize(
+    "dtype,out_rounding",
+    [
+        (torch.float16, 2.0**-10),  # dx is rounded to fp16 on the way out (11-bit significand)
+        pytest.param(torch.bfloat16, 2.0**-7, marks=[pytest.mark.gpu, pytest.mark.skipif(INTERPRETED, reason="bf16 is not supported by the Triton interpreter; GPU run only")]),
+    ],
+)
+def test_half_precision_input_is_upcast(path, dtype, out_rounding):
+    """Half input: compared with the reference on the same half values, so only fp32 maths error remains."""
+    x = _planes(2, 3, 32, 32, dtype=dtype)
     grad = torch.ones(2, 3, device=DEVICE)
     band = RadialBand.low(0.3)
     e_ref, dx_ref = _reference_energy(x, band, 2, grad)
     e = ts.energy(x, None, *band.q_limits(32, 32), 2, path=path)
     dx = ts.energy_backward(grad, x, None, *band.q_limits(32, 32), 2, path=path)
-    assert e.dtype == torch.float32 and dx.dtype == torch.float16
-    assert _rel_err(e, e_ref) <= TOL[torch.float16]
-    # dx is rounded to fp16 on the way out: allow fp16's own rounding (2^-11) on top.
-    assert _rel_err(dx, dx_ref) <= 2.0**-10
+    assert e.dtype == torch.float32 and dx.dtype == dtype
+    assert _rel_err(e, e_ref) <= TOL[dtype]
+    assert _rel_err(dx, dx_ref) <= out_rounding
 
 
 @pytest.mark.parametrize("path", ["dft", "fft"])
@@ -361,19 +363,6 @@ def test_real_availability_matches_mode():
 
 
 # --------------------------------------------------------------------------- GPU-only checks
-@pytest.mark.gpu
-@pytest.mark.skipif(INTERPRETED, reason="bf16 is not supported by the Triton interpreter; GPU run only")
-@pytest.mark.parametrize("path", ["dft", "fft"])
-def test_bfloat16_input_gpu(path):
-    x = _planes(4, 3, 32, 32, dtype=torch.bfloat16)
-    grad = torch.ones(4, 3, device=DEVICE)
-    band = RadialBand.low(0.3)
-    e_ref, dx_ref = _reference_energy(x, band, 2, grad)
-    e = ts.energy(x, None, *band.q_limits(32, 32), 2, path=path)
-    dx = ts.energy_backward(grad, x, None, *band.q_limits(32, 32), 2, path=path)
-    assert e.dtype == torch.float32 and dx.dtype == torch.bfloat16
-    assert _rel_err(e, e_ref) <= TOL[torch.bfloat16]
-    assert _rel_err(dx, dx_ref) <= 2.0**-7  # bf16 output rounding (8 mantissa bits)
 
 
 @pytest.mark.gpu
