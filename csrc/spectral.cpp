@@ -162,15 +162,17 @@ at::Tensor partial_synthesis(const at::Tensor& g, const Plan& plan) {
   return at::mm(q, cw.t()).view({P, H, W});
 }
 
-// Mirror columns v = 0 and (even W) v = W/2 into Hermitian form in u, which leaves
-// Re(sum_u G_uv e^{+i...}) unchanged and makes irfft2 reproduce it exactly. Out of place on purpose.
-at::Tensor hermitianize_edge_columns(const at::Tensor& g_complex, int64_t W) {
-  const int64_t H = g_complex.size(1), V = g_complex.size(2);
-  const at::Tensor u = at::arange(H, g_complex.options().dtype(at::kLong));
-  const at::Tensor mirrored = g_complex.index_select(1, at::remainder(H - u, H)).conj_physical();
-  const at::Tensor v = at::arange(V, g_complex.options().dtype(at::kLong));
-  const at::Tensor edge = (v == 0).logical_or(v * 2 == W).view({1, 1, V});
-  return at::where(edge, (g_complex + mirrored) / 2, g_complex);
+// For real x, X[-u, v] = conj(X[u, v]) on the edge columns v = 0 and (even W) v = W/2, so the phasor
+// X/|X| there is Hermitian in u and Re(sum_u g_uv X_uv/|X_uv| e^{+i..}) only sees the symmetric part of g.
+// Symmetrising g on those columns (a tiny (H, W//2+1) operation) makes G Hermitian, which is what irfft2
+// needs to reproduce the sum exactly.
+at::Tensor symmetrize_edge_columns(const at::Tensor& g, int64_t W) {
+  const int64_t H = g.size(0), V = g.size(1);
+  const at::Tensor u = at::arange(H, g.options().dtype(at::kLong));
+  const at::Tensor mirrored = g.index_select(0, at::remainder(H - u, H));
+  const at::Tensor v = at::arange(V, g.options().dtype(at::kLong));
+  const at::Tensor edge = (v == 0).logical_or(v * 2 == W).view({1, V});
+  return at::where(edge, (g + mirrored) / 2, g).contiguous();
 }
 
 template <typename scalar_t>
@@ -318,10 +320,10 @@ at::Tensor mean_magnitude_backward(const at::Tensor& grad, const at::Tensor& x) 
   const int64_t P = planes.size(0), H = planes.size(1), W = planes.size(2);
   TORCH_CHECK(grad.dim() == 2 && grad.size(0) == H && grad.size(1) == W / 2 + 1, "jafr: grad must be (H, W//2+1)");
   const at::Tensor spec = at::view_as_real(at::fft_rfft2(planes)).contiguous();
-  const at::Tensor g = grad.to(planes.scalar_type()).contiguous();
-  // dx = Re(sum_{u, v half} (g/P) X/|X| e^{+i..}) = N irfft2(G / h_v) once the edge columns are Hermitian.
-  const at::Tensor gc = hermitianize_edge_columns(
-      at::view_as_complex(phasor_stage(spec, g, W, static_cast<double>(H * W) / static_cast<double>(P))), W);
+  const at::Tensor g = symmetrize_edge_columns(grad.to(planes.scalar_type()), W);
+  // dx = Re(sum_{u, v half} (g/P) X/|X| e^{+i..}) = N irfft2(G / h_v), G Hermitian on the edge columns.
+  const at::Tensor gc =
+      at::view_as_complex(phasor_stage(spec, g, W, static_cast<double>(H * W) / static_cast<double>(P)));
   return at::fft_irfft2(gc, at::IntArrayRef({H, W})).view(x.sizes()).to(x.scalar_type());
 }
 

@@ -86,6 +86,13 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: str) -> None:
+    """Write a figure as PNG and free it (figures are made in batches; pyplot would keep them all)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _extent(h: int, w: int):
     # centred maps: index i holds frequency i - H//2 (cycles per image)
     return (-(w // 2) - 0.5, w - w // 2 - 0.5, h - h // 2 - 0.5, -(h // 2) - 0.5)
@@ -117,9 +124,7 @@ def plot_spectra(data: dict, path: str) -> None:
         ax.set_ylabel("vertical frequency (cycles/image)")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="log10 |F| / max")
     fig.suptitle("Mean magnitude spectrum, centred (DC in the middle)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_radial(data: dict, path: str) -> None:
@@ -140,9 +145,7 @@ def plot_radial(data: dict, path: str) -> None:
     ax.set_title("Radial profile of the Jacobian spectrum")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_heat_maps(data: dict, path: str) -> None:
@@ -163,9 +166,7 @@ def plot_heat_maps(data: dict, path: str) -> None:
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="error rate")
     eps = runs[0][1]["heat_map"]["eps"] if runs else float("nan")
     fig.suptitle(f"Fourier heat maps: error under one Fourier basis of L2 norm {eps:.2f}, centred")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_corruptions(data: dict, path: str) -> None:
@@ -193,9 +194,7 @@ def plot_corruptions(data: dict, path: str) -> None:
     ax.set_title("Corruption accuracy, grouped by measured frequency character")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="method")
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_eps(data: dict, path: str) -> None:
@@ -214,9 +213,7 @@ def plot_eps(data: dict, path: str) -> None:
     ax.set_title(f"PGD-{adv['steps']} x {adv['restarts']} restarts (CE loss), step eps/4")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_corruption_frequency(data: dict, path: str) -> None:
@@ -236,9 +233,7 @@ def plot_corruption_frequency(data: dict, path: str) -> None:
     ax.set_ylim(0, 1)
     ax.set_title("Frequency character of each corruption (mean over severities)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 # --------------------------------------------------------------------------- markdown
