@@ -49,10 +49,9 @@ def parse_method(spec: str) -> tuple[str, str, str]:
 
 @dataclass
 class StudyConfig:
-    """Settings of a study. Defaults are the embedded CPU study (within 15 minutes on 2 shared cores):
-    one epoch over the first 15000 training images per method; 500 evaluation images (clean, corruptions,
-    Jacobian spectrum), of which the first 250 are attacked with PGD-5 and the first 50 give the Fourier
-    heat map.
+    """Settings of a study. Defaults are the embedded CPU study (within 15 minutes on 2 cores): one epoch
+    over the 60000 training images per method; 2000 evaluation images (clean, corruptions, Jacobian
+    spectrum), of which the first 500 are attacked with PGD-10 and the first 100 give the Fourier heat map.
 
     ``full=True`` switches to the paper's setting: PreAct ResNet-18, 30 epochs, the full test set (clean,
     corruptions and attacks), PGD-50 x 10 restarts, 1000 images for the Fourier heat map.
@@ -66,7 +65,7 @@ class StudyConfig:
     methods: tuple = DEFAULT_METHODS
     epochs: int = 1
     max_steps: int | None = None
-    train_subset: int | None = 15000  # first N training images (one epoch over them); None: all
+    train_subset: int | None = None  # first N training images (one epoch over them); None: all
     batch_size: int = 128
     lam: float | None = None  # default from DEFAULT_LAMBDA[formulation]
     cutoff: float = 0.25
@@ -74,12 +73,12 @@ class StudyConfig:
     jacobian_mode: str = "double_backward"
     lr: float | None = None
     eps: float | None = None  # default: the dataset's (0.1 Fashion-MNIST, 8/255 otherwise)
-    eval_subset: int | None = 500  # clean, corruptions, Jacobian spectrum; None: full test set
-    adv_subset: int | None = 250  # first images of the evaluation set attacked; None: all of them
-    pgd_steps: int = 5
+    eval_subset: int | None = 2000  # clean, corruptions, Jacobian spectrum; None: full test set
+    adv_subset: int | None = 500  # first images of the evaluation set attacked; None: all of them
+    pgd_steps: int = 10
     pgd_restarts: int = 1
     cw: bool = True
-    heat_map_images: int = 50
+    heat_map_images: int = 100
     heat_map_eps: float | None = None  # default: Yin et al.'s 4.0 at 32x32, scaled by image size
     severities: tuple = (1, 2, 3, 4, 5)
     corruptions: tuple | None = None  # default: every one that applies to the channel count
