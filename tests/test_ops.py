@@ -210,10 +210,11 @@ def op_samples():
         (ops.mean_magnitude_backward, (torch.randn(9, 5), x, "cpu")),
         (ops.band_ratio, (x.clone().requires_grad_(), None, q_lo, q_hi, "cpu")),
         (ops.band_ratio, (x.clone().requires_grad_(), weights, 0, reference.Q_MAX, "cpu")),
+        (ops.band_ratio_backward, (torch.randn(2), x, None, q_lo, q_hi, *ops.band_ratio(x, None, q_lo, q_hi, "cpu"), "cpu")),
     ]
 
 
-@pytest.mark.parametrize("index", range(7))
+@pytest.mark.parametrize("index", range(8))
 def test_opcheck(index):
     op, args = op_samples()[index]
     torch.library.opcheck(op, args)
