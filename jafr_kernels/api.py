@@ -99,13 +99,16 @@ def _choose_backend(backend: str, x: Tensor) -> str:
 
 
 # --------------------------------------------------------------------------- composition
+def _q_limits(band, x: Tensor) -> tuple[int, int]:
+    """Integer squared-radius limits of the op schemas; a weight map (band None) uses every bin."""
+    return (0, reference.Q_MAX) if band is None else band.q_limits(*x.shape[-2:])
+
+
 def _energy(x: Tensor, weight, band, power: int, backend: str) -> Tensor:
     """(B, C) energies of x over the mask, with the chosen backend."""
     if backend == "reference":
         return reference.spectral_energy(x, weight if weight is not None else band, power)
-    h, w = x.shape[-2:]
-    q_lo, q_hi = (0, reference.Q_MAX) if band is None else band.q_limits(h, w)
-    return ops.spectral_energy(x.contiguous(), weight, q_lo, q_hi, power, backend)
+    return ops.spectral_energy(x.contiguous(), weight, *_q_limits(band, x), power, backend)
 
 
 def sample_max_abs(x: Tensor) -> Tensor:
@@ -121,8 +124,7 @@ def _ratio(x: Tensor, weight, band, power: int, backend: str):
     fused power-2 ratio do all of it in one op (one read of x forward; x and the band-passed x backward).
     """
     if power == 2 and backends.fuses_ratio(backend):
-        h, w = x.shape[-2:]
-        q_lo, q_hi = (0, reference.Q_MAX) if band is None else band.q_limits(h, w)
+        q_lo, q_hi = _q_limits(band, x)
         ratio, stats = ops.band_ratio(x.contiguous(), weight, q_lo, q_hi, backend)
         max_abs = stats[:, 0]
         tiny = (max_abs > 0) & (max_abs < torch.finfo(stats.dtype).tiny)
@@ -144,10 +146,10 @@ def _ratio(x: Tensor, weight, band, power: int, backend: str):
     return reference._safe_ratio(e_low, e_all), max_abs
 
 
-def _handle_nonfinite(x: Tensor, max_abs: Tensor, nonfinite: str, name: str):
+def _handle_nonfinite(x: Tensor, max_abs: Tensor, nonfinite: str, name: str) -> Tensor:
     """Raise on NaN/Inf in x (with the count of bad entries), or zero the affected samples."""
     if torch.compiler.is_compiling() or bool(torch.isfinite(max_abs).all()):
-        return x, max_abs
+        return x
     finite = torch.isfinite(x)
     if nonfinite == "raise":
         bad = int((~finite).sum())
@@ -156,9 +158,8 @@ def _handle_nonfinite(x: Tensor, max_abs: Tensor, nonfinite: str, name: str):
             f"{name} has {bad} non-finite (NaN/Inf) entries in {samples} of {x.shape[0]} samples; "
             "pass nonfinite='ignore' to drop those samples from the penalty"
         )
-    keep = torch.isfinite(max_abs)
-    x = torch.where(keep[:, None, None, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
-    return x, torch.where(keep, max_abs, torch.zeros_like(max_abs))
+    keep = torch.isfinite(max_abs)[:, None, None, None]
+    return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 # --------------------------------------------------------------------------- public API
@@ -296,7 +297,7 @@ def freq_penalty(
     if nonfinite not in ("raise", "ignore"):
         raise ValueError(f"nonfinite must be 'raise' or 'ignore', got {nonfinite!r}")
     if formulation == "official":
-        jac, _ = _handle_nonfinite(jac, sample_max_abs(jac), nonfinite, "jac")
+        jac = _handle_nonfinite(jac, sample_max_abs(jac), nonfinite, "jac")
         if reduction != "mean":
             raise ValueError("formulation='official' yields one value per batch (a batch-mean spectrum); use reduction='mean'")
         if not (eps > 0):
@@ -306,7 +307,7 @@ def freq_penalty(
     power = _check_power(power)
     ratio, max_abs = _ratio(jac, weight, band, power, backend)
     if not torch.compiler.is_compiling() and not bool(torch.isfinite(max_abs).all()):
-        jac, _ = _handle_nonfinite(jac, max_abs, nonfinite, "jac")  # raises, or zeroes the bad samples
+        jac = _handle_nonfinite(jac, max_abs, nonfinite, "jac")  # raises, or zeroes the bad samples
         ratio, max_abs = _ratio(jac, weight, band, power, backend)
     if target == "low":
         per_sample = torch.where(max_abs > 0, 1.0 - ratio, torch.zeros_like(ratio))

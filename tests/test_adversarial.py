@@ -5,7 +5,6 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from jafr_kernels.attacks import cw_margin_loss, fgsm, pgd

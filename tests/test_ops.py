@@ -1,6 +1,5 @@
 """Every spectral op, on every CPU-capable backend, against the float64 reference (jafr_kernels.reference)."""
 import itertools
-import math
 import os
 
 import numpy as np
