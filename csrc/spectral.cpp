@@ -55,6 +55,8 @@ struct Plan {
   int64_t cols;     // V: columns 0..V-1
   bool full;
   at::Tensor weight;  // (U, V) gathered weight map, or undefined
+
+  bool empty() const { return rows.size(0) == 0 || cols == 0; }  // the mask selects no bin
 };
 
 Plan make_plan(const at::Tensor& planes, const c10::optional<at::Tensor>& weight_opt, int64_t q_hi, int64_t path) {
@@ -68,10 +70,12 @@ Plan make_plan(const at::Tensor& planes, const c10::optional<at::Tensor>& weight
                 H, ", ", Wr, "), got ", weight.sizes());
     const at::Tensor nz = weight.ne(0).cpu();
     const at::Tensor row_any = nz.any(1), col_any = nz.any(0);
+    const auto row_nz = row_any.accessor<bool, 1>();
+    const auto col_nz = col_any.accessor<bool, 1>();
     for (int64_t u = 0; u < H; ++u)
-      if (row_any[u].item<bool>()) rows.push_back(u);
+      if (row_nz[u]) rows.push_back(u);
     for (int64_t v = Wr - 1; v >= 0; --v)
-      if (col_any[v].item<bool>()) {
+      if (col_nz[v]) {
         cols = v + 1;
         break;
       }
@@ -276,12 +280,31 @@ at::Tensor phasor_stage(const at::Tensor& spec, const at::Tensor& g, int64_t W, 
 }
 
 // ---------------------------------------------------------------------------------------------- ops
+// Gradient (P, H, W) of sum_p grad_p E_p with E_p the masked energy of plane p scaled by inv_scale_p (when
+// defined; the chain factor inv_scale_p itself is left to the caller): Re(sum h_v G e^{+i..}) with G from
+// energy_grad_stage, synthesised by irfft2 (full plan) or by the partial transform's adjoint.
+at::Tensor energy_gradient(const at::Tensor& planes, const Plan& plan, int64_t q_lo, int64_t q_hi, int64_t power,
+                           const at::Tensor& grad, const at::Tensor& inv_scale) {
+  if (plan.empty()) return at::zeros_like(planes);
+  const at::Tensor spec = spectrum(planes, plan);
+  if (plan.full) {
+    // N irfft2(G) = Re(sum h_v G e^{+i..}): the mask is symmetric, so G's edge columns are already Hermitian.
+    const double n = static_cast<double>(plan.H * plan.W);
+    const at::Tensor gs =
+        energy_grad_stage(spec, plan.rows, plan.weight, plan.H, plan.W, q_lo, q_hi, power, grad, n, false, inv_scale);
+    return at::fft_irfft2(at::view_as_complex(gs), at::IntArrayRef({plan.H, plan.W}));
+  }
+  const at::Tensor gs =
+      energy_grad_stage(spec, plan.rows, plan.weight, plan.H, plan.W, q_lo, q_hi, power, grad, 1.0, true, inv_scale);
+  return partial_synthesis(gs, plan);
+}
+
 at::Tensor energy(const at::Tensor& x, const c10::optional<at::Tensor>& weight, int64_t q_lo, int64_t q_hi, int64_t power,
                   int64_t path) {
   TORCH_CHECK(power == 1 || power == 2, "jafr: power must be 1 or 2, got ", power);
   const at::Tensor planes = as_planes(x);
   const Plan plan = make_plan(planes, weight, q_hi, path);
-  if (plan.rows.size(0) == 0 || plan.cols == 0) return at::zeros({x.size(0), x.size(1)}, planes.options());
+  if (plan.empty()) return at::zeros({x.size(0), x.size(1)}, planes.options());
   const at::Tensor e =
       energy_stage(spectrum(planes, plan), plan.rows, plan.weight, plan.H, plan.W, q_lo, q_hi, power, at::Tensor());
   return e.view({x.size(0), x.size(1)});
@@ -292,22 +315,8 @@ at::Tensor energy_backward(const at::Tensor& grad, const at::Tensor& x, const c1
   TORCH_CHECK(power == 1 || power == 2, "jafr: power must be 1 or 2, got ", power);
   const at::Tensor planes = as_planes(x);
   const Plan plan = make_plan(planes, weight, q_hi, path);
-  if (plan.rows.size(0) == 0 || plan.cols == 0) return at::zeros_like(x, at::MemoryFormat::Contiguous);
   const at::Tensor g = grad.to(planes.scalar_type()).contiguous().view({-1});
-  const at::Tensor spec = spectrum(planes, plan);
-  at::Tensor dx;
-  if (plan.full) {
-    // Re(sum h_v G e^{+i..}) = N irfft2(G): the mask is symmetric, so G's edge columns are already Hermitian.
-    const double n = static_cast<double>(plan.H * plan.W);
-    const at::Tensor gs =
-        energy_grad_stage(spec, plan.rows, plan.weight, plan.H, plan.W, q_lo, q_hi, power, g, n, false, at::Tensor());
-    dx = at::fft_irfft2(at::view_as_complex(gs), at::IntArrayRef({plan.H, plan.W}));
-  } else {
-    const at::Tensor gs =
-        energy_grad_stage(spec, plan.rows, plan.weight, plan.H, plan.W, q_lo, q_hi, power, g, 1.0, true, at::Tensor());
-    dx = partial_synthesis(gs, plan);
-  }
-  return dx.view(x.sizes()).to(x.scalar_type());
+  return energy_gradient(planes, plan, q_lo, q_hi, power, g, at::Tensor()).view(x.sizes()).to(x.scalar_type());
 }
 
 at::Tensor mean_magnitude(const at::Tensor& x) {
@@ -389,7 +398,7 @@ std::tuple<at::Tensor, at::Tensor> band_ratio(const at::Tensor& x, const c10::op
   const at::Tensor inv = at::where(scale > 0, scale.reciprocal(), at::zeros_like(scale));
   const Plan plan = make_plan(planes, weight, q_hi, path);
   at::Tensor e_low = at::zeros({B}, planes.options());
-  if (plan.rows.size(0) > 0 && plan.cols > 0)
+  if (!plan.empty())
     e_low = energy_stage(spectrum(planes, plan), plan.rows, plan.weight, plan.H, plan.W, q_lo, q_hi, 2,
                          inv.repeat_interleave(C))
                 .view({B, C})
@@ -412,21 +421,7 @@ at::Tensor band_ratio_backward(const at::Tensor& grad, const at::Tensor& x, cons
                                                                          at::where(live, e_all, at::ones_like(e_all))),
                                  at::zeros_like(e_all));
   const Plan plan = make_plan(planes, weight, q_hi, path);
-  at::Tensor dx;
-  if (plan.rows.size(0) == 0 || plan.cols == 0) {
-    dx = at::zeros_like(planes);
-  } else {
-    const at::Tensor spec = spectrum(planes, plan);
-    const at::Tensor kp = k.repeat_interleave(C), ip = inv.repeat_interleave(C);
-    if (plan.full) {
-      const at::Tensor gs = energy_grad_stage(spec, plan.rows, plan.weight, plan.H, plan.W, q_lo, q_hi, 2, kp,
-                                              static_cast<double>(N), false, ip);
-      dx = at::fft_irfft2(at::view_as_complex(gs), at::IntArrayRef({plan.H, plan.W}));
-    } else {
-      const at::Tensor gs = energy_grad_stage(spec, plan.rows, plan.weight, plan.H, plan.W, q_lo, q_hi, 2, kp, 1.0, true, ip);
-      dx = partial_synthesis(gs, plan);
-    }
-  }
+  const at::Tensor dx = energy_gradient(planes, plan, q_lo, q_hi, 2, k.repeat_interleave(C), inv.repeat_interleave(C));
   // dx -= (2 N k_b ratio_b) * (x / s_b), fused on the CPU so no temporary of x's size is made.
   const at::Tensor coef = 2.0 * static_cast<double>(N) * k * ratio.to(planes.scalar_type());
   const at::Tensor dxf = dx.view({B, -1});
