@@ -15,11 +15,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 import jafr_kernels as jk
 from jafr_kernels.reference import hermitian_weight, normalised_radius
+from jafr_kernels.train.objective import input_gradients  # re-exported: the per-example J of the analyses
 
 
 def half_to_full(half: Tensor, w: int) -> Tensor:
@@ -41,15 +41,6 @@ def half_to_full(half: Tensor, w: int) -> Tensor:
 def centred(full: Tensor) -> Tensor:
     """``fftshift`` over the last two dims: DC moves to (H//2, W//2)."""
     return torch.fft.fftshift(full, dim=(-2, -1))
-
-
-def input_gradients(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    """Per-example input gradients of the CE loss (sum over the batch, so each is independent of batch size)."""
-    x = x.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        loss = F.cross_entropy(model(x), y, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, x)
-    return grad
 
 
 def radial_profile(half: Tensor, w: int, nbins: int = 16) -> dict[str, list[float]]:
