@@ -220,8 +220,8 @@ def radial_mask(h: int, w: int, cutoff=0.25, *, band: str = "low", device=None, 
             raise ValueError(f"band='band' needs cutoff=(lower, upper), got {cutoff!r}")
     else:
         raise ValueError(f"band must be 'low', 'high' or 'band', got {band!r}")
-    spec = check_band(reference.as_band(cutoff, band))
-    return reference.band_mask(spec, h, w, device=device, dtype=dtype)
+    check_band(reference.as_band(cutoff, band))
+    return reference.radial_mask(h, w, cutoff, band=band, device=device, dtype=dtype)
 
 
 def mean_magnitude(x: Tensor, *, backend: str = "auto") -> Tensor:
