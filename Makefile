@@ -1,5 +1,5 @@
 # jafr_kernels: setup, tests, the study, benchmarks. Run as root on a fresh Debian machine:
-#   make study   # set up everything, then run the Fashion-MNIST study (runs/fashion_mnist/report.md)
+#   make study   # set up everything, then run the Fashion-MNIST study (runs/study/report.md)
 #   make test    # set up everything, then run the test suite
 SHELL := /bin/bash
 PY ?= python3
