@@ -22,7 +22,11 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+import torch
+
+from jafr_kernels.kernels import triton_ratio as tr
 from jafr_kernels.kernels import triton_spectral as ts
+from jafr_kernels.reference import RadialBand
 
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
@@ -40,8 +44,9 @@ def compile_kernel(kernel, types: dict, consts: dict, num_warps: int, arch: int)
         usage = subprocess.run([CUOBJDUMP, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
     found = re.search(r"REG:(\d+).*STACK:(\d+)", usage)
     regs, stack = found.groups() if found else ("?", "?")
-    shown = " ".join(f"{k}={v}" for k, v in consts.items() if k in ("H", "W", "POWER", "ACC", "PREC", "PLANES", "BLOCK", "IS_MAG"))
-    return (f"{kernel.fn.__name__:27s} {shown:58s} warps={num_warps} regs={regs:>3s} stack={stack:>5s}B "
+    keys = ("C", "H", "W", "NU", "VB", "HAS_WEIGHT", "POWER", "ACC", "PREC", "PLANES", "BLOCK", "IS_MAG")
+    shown = " ".join(f"{k}={v}" for k, v in consts.items() if k in keys)
+    return (f"{kernel.fn.__name__:27s} {shown:70s} warps={num_warps} regs={regs:>3s} stack={stack:>5s}B "
             f"smem={compiled.metadata.shared}B {time.perf_counter() - start:.1f}s")
 
 
@@ -63,6 +68,7 @@ def cases(sizes):
                 yield ts._energy_bwd_dft_kernel, types, dict(common, POWER=2, HAS_WEIGHT=True, PLANES=planes), warps
                 yield ts._magnitude_bwd_dft_kernel, types, dict(common, PLANES=planes), warps
             yield ts._magnitude_dft_kernel, types, common, 4
+    yield from ratio_cases(sizes)
     for acc, p in ((tl.float32, "*fp32"), (tl.float64, "*fp64")):
         types = dict(spec_ptr=p, w_ptr=p, out_ptr=p, grad_ptr=p, q_lo="i64", q_hi="i64", n_planes="i32")
         for cfg in ts._SPECTRUM_CONFIGS:
@@ -74,16 +80,43 @@ def cases(sizes):
         yield ts._magnitude_spectrum_kernel, types, dict(HV=224 * 113, ACC=acc, BLOCK=256), 4
 
 
+def ratio_cases(sizes):
+    """The fused ratio's DFT kernels (the default path of every penalty call), forward and backward."""
+    for h, w in sizes:
+        if max(h, w) > tr.MAX_RATIO_DFT_SIZE:
+            continue
+        for x_type, dtype in (("*fp32", torch.float32), ("*bf16", torch.bfloat16), ("*fp64", torch.float64)):
+            p = "*fp64" if dtype == torch.float64 else "*fp32"
+            types = dict(x_ptr=x_type, dx_ptr=x_type, w_ptr=p, value_ptr=p, stats_ptr=p, grad_ptr=p, ch_ptr=p, sh_ptr=p,
+                         cw_ptr=p, sw_ptr=p, q_lo="i64", q_hi="i64", grad_stride="i64")
+            masks = [("low 0.25", False, RadialBand.low(0.25)), ("high 0.25", False, RadialBand.high(0.25)),
+                     ("weight", True, RadialBand.all())]
+            for _, has_weight, band in masks:
+                meta = tr.dft_meta(3, h, w, dtype, *band.q_limits(h, w), has_weight)
+                consts = dict(meta["consts"])
+                warps = consts.pop("num_warps")
+                for kernel in (tr._ratio_dft_kernel, tr._ratio_bwd_dft_kernel):
+                    yield kernel, types, dict(consts, COMPLEMENT=True), warps
+    for acc, p in ((tl.float32, "*fp32"), (tl.float64, "*fp64")):  # the FFT path's two kernels
+        types = dict(spec_ptr=p, w_ptr=p, value_ptr=p, stats_ptr=p, grad_ptr=p, out_ptr=p, q_lo="i64", q_hi="i64",
+                     grad_stride="i64")
+        for has_weight in (False, True):
+            consts = dict(C=3, H=224, W=224, HAS_WEIGHT=has_weight, COMPLEMENT=True, ACC=acc, BLOCK=1024)
+            yield tr._ratio_spectrum_kernel, types, consts, 4
+            yield tr._ratio_grad_spectrum_kernel, types, consts, 4
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability as an integer (90 = H100)")
     parser.add_argument("--sizes", default="28x28,32x32,31x17", help="DFT-path plane sizes HxW, comma separated")
+    parser.add_argument("--only-ratio", action="store_true", help="only the fused ratio kernels (the default path)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         parser.error("unset TRITON_INTERPRET: the interpreter does not compile")
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     failures = 0
-    for kernel, types, consts, warps in cases(sizes):
+    for kernel, types, consts, warps in (ratio_cases(sizes) if args.only_ratio else cases(sizes)):
         try:
             print(compile_kernel(kernel, types, consts, warps, args.arch), flush=True)
         except Exception as exc:  # report every failing specialisation, then fail

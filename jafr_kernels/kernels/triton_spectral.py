@@ -488,7 +488,9 @@ def _dft_setup(h: int, w: int, device: torch.device, dtype: torch.dtype):
 
 
 def plane_path(h: int, w: int, path: str = "auto") -> str:
-    """``"dft"`` (fused matrix DFT) for planes up to 32 x 32, else ``"fft"``; ``path`` forces one (dft: <= 64)."""
+    """``"dft"`` (fused matrix DFT) for planes up to 32 x 32, else ``"fft"``; ``path`` (or the environment's
+    ``JAFR_TRITON_PATH``) forces one (dft: <= 64)."""
+    path = os.environ.get("JAFR_TRITON_PATH", path) if path == "auto" else path
     if path == "auto":
         return "dft" if max(h, w) <= AUTO_DFT_SIZE else "fft"
     if path == "dft" and max(h, w) > MAX_DFT_SIZE:

@@ -1,0 +1,496 @@
+"""Triton backend: the fused power-2 band ratio, one kernel forward and one kernel backward.
+
+For one sample b (C planes of H x W, N = H W) with band mask m and Hermitian weights h_v:
+
+    rho_b = E_band(x_b) / E_all(x_b),   E_band = sum_c sum_uv h_v m_uv |X_cuv|^2,   E_all = N sum x_b^2 (Parseval)
+    value_b = rho_b, or 1 - rho_b with ``complement`` (0 for an all-zero sample either way; NaN if x_b holds NaN/Inf)
+    d rho_b / d x_b = 2 (S(m X_b) - N rho_b x_b) / E_all,   S(G) = Re sum_uv h_v G_uv e^{+2 pi i (u h/H + v w/W)}
+
+Scale: each sample is multiplied in registers by an exact power of two s_b with s_b max|x_b| in [1, 4), so
+E_all stays representable in fp32 for |x| from subnormal to 3e38; the forward stores ``stats = [s_b, E_all(s_b
+x_b)]`` and the backward reuses them (no host read, no second pass on the host).
+
+Band-limited transform (planes up to 64 x 64, ``"dft"`` path): a low band ``q <= q_hi`` only touches the rows
+with min(u, H-u) <= UR and the columns v < VB; the kernel transforms only those (NU rows, VB columns), as two
+small products per axis with ``tl.dot``: ``X = (C_U - i S_U) x (C_V - i S_V)`` with C_U, S_U (NU x H) and
+C_V, S_V (W x VB). At 32 x 32 and cutoff 0.25 that is 9 of 32 rows and 5 of 17 columns. A band with no upper
+limit (a high band ``q >= q_lo``) is computed as its complement: E_band = E_all - E_low(q_lo - 1) and
+S(m X) = N x - S(m_low X), so it costs the same small transform. Weight maps use every row and column. The
+backward recomputes the band spectrum (it costs less than storing and re-reading it) and writes dx once.
+Larger planes (``"fft"`` path): ``torch.fft.rfft2`` (cuFFT) and one fused kernel each way; the backward's
+gradient is one c2r inverse, ``dx = 2 s / E' irfft2((m - rho) s X, norm="forward")``.
+
+Precision: x is upcast after the load; energies accumulate in fp32 (fp64 for fp64 input). For fp32 the
+products use the 3-pass TF32 split (``tf32x3``): each operand is split into a TF32 head and tail and the
+three significant cross products are accumulated in fp32, so every product carries a relative error of about
+2^-21 (~5e-7) instead of IEEE's 2^-24; a spectral coefficient, two chained products deep, is accurate to
+~1e-6 of the plane's largest coefficient and the ratio to ~1e-6 absolute. ``JAFR_TRITON_DOT=ieee`` (FMA, exact
+fp32) or ``tf32`` (one pass, ~1e-3) override it.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from jafr_kernels.kernels.triton_spectral import (
+    _band,
+    _block,
+    _dft_matrices,
+    _edge_column,
+    _hermitian_weight,
+    _interpreted,
+    _plane_spectrum,
+    _plane_synthesis,
+    _planes,
+    _tl_acc,
+    _weight,
+)
+
+__all__ = ["ratio", "ratio_backward", "ratio_path", "band_rect", "MAX_RATIO_DFT_SIZE"]
+
+MAX_RATIO_DFT_SIZE = 64
+Q_NONE = 2**62  # "no upper limit" (reference.Q_MAX)
+
+
+# --------------------------------------------------------------------------- device helpers
+@triton.jit
+def _pow2_scale(m, ACC: tl.constexpr):
+    """Exact power of two s with s * m in [1, 4) for finite m > 0 (2^127, or 2^1022 in fp64, for subnormal m);
+    1 for m = 0; 0 for m = Inf/NaN (so the sample's sums become NaN and it is reported non-finite)."""
+    if ACC == tl.float64:
+        e = (m.to(tl.int64, bitcast=True) >> 52) & 0x7FF
+        kb = tl.maximum(2046 - e, 1)
+        s = tl.where(e == 0x7FF, 0.0, (kb << 52).to(tl.float64, bitcast=True))
+    else:
+        e = (m.to(tl.int32, bitcast=True) >> 23) & 0xFF
+        kb = tl.maximum(254 - e, 1)
+        s = tl.where(e == 0xFF, 0.0, (kb << 23).to(tl.float32, bitcast=True))
+    return tl.where(m == 0, 1.0, s)
+
+
+@triton.jit
+def _rect_rows(BU: tl.constexpr, UR: tl.constexpr, NU: tl.constexpr, H: tl.constexpr):
+    """Row frequencies u_i (BU,) of the transformed rows: 0..UR, then H-1 down to H-UR; valid for i < NU."""
+    i = tl.arange(0, BU)
+    return tl.where(i <= UR, i, H - (i - UR)), i < NU
+
+
+@triton.jit
+def _rect_coef(w_ptr, q_lo, q_hi, H: tl.constexpr, W: tl.constexpr, BU: tl.constexpr, BV: tl.constexpr,
+               UR: tl.constexpr, NU: tl.constexpr, VB: tl.constexpr, HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr):
+    """(BU, BV) h_v * m(u_i, v) over the transformed rectangle, zero on the padding."""
+    u, row_ok = _rect_rows(BU, UR, NU, H)
+    u = u[:, None]
+    v = tl.arange(0, BV)[None, :]
+    valid = row_ok[:, None] & (v < VB)
+    if HAS_WEIGHT:
+        m = tl.load(w_ptr + u * (W // 2 + 1) + v, mask=valid, other=0.0).to(ACC)
+    else:
+        m = tl.where(valid & _band(u, v, q_lo, q_hi, H, W), 1.0, 0.0).to(ACC)
+    return tl.where(valid, m * _hermitian_weight(v, W).to(ACC), 0.0)
+
+
+@triton.jit
+def _load_rect_matrices(ch_ptr, sh_ptr, cw_ptr, sw_ptr, BU: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
+                        BV: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """Row factors (BU, BH) and column factors (BW, BV), or their transposes (BH, BU) and (BV, BW)."""
+    ru = tl.arange(0, BU)
+    rh = tl.arange(0, BH)
+    rw = tl.arange(0, BW)
+    rv = tl.arange(0, BV)
+    if TRANSPOSED:
+        rows = rh[:, None] + ru[None, :] * BH
+        cols = rw[None, :] * BV + rv[:, None]
+    else:
+        rows = ru[:, None] * BH + rh[None, :]
+        cols = rw[:, None] * BV + rv[None, :]
+    return tl.load(ch_ptr + rows), tl.load(sh_ptr + rows), tl.load(cw_ptr + cols), tl.load(sw_ptr + cols)
+
+
+@triton.jit
+def _load_sample_plane(x_ptr, c, H: tl.constexpr, W: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
+                       ACC: tl.constexpr):
+    rh = tl.arange(0, BH)[:, None]
+    rw = tl.arange(0, BW)[None, :]
+    x = tl.load(x_ptr + c * (H * W) + rh * W + rw, mask=(rh < H) & (rw < W), other=0.0)
+    return x.to(ACC)
+
+
+@triton.jit
+def _sample_value(e_part, e_all, BAND_CMP: tl.constexpr, COMPLEMENT: tl.constexpr):
+    """value of a sample whose band energy is ``e_part`` (or ``e_all - e_part`` with BAND_CMP): rho or 1 - rho,
+    each formed without cancellation; 0 for an all-zero sample, NaN if the sample is not finite."""
+    zero = e_all == 0
+    frac = tl.where(zero, 0.0, e_part / tl.where(zero, 1.0, e_all))
+    if BAND_CMP != COMPLEMENT:
+        value = tl.where(zero, 0.0, 1.0 - frac)
+    else:
+        value = frac
+    finite = e_all < float("inf")  # False for +Inf and NaN
+    return tl.where(finite, value, float("nan"))
+
+
+@triton.jit
+def _ratio_grad_scalars(grad_ptr, grad_stride, value_ptr, stats_ptr, b, COMPLEMENT: tl.constexpr, ACC: tl.constexpr):
+    """(s_b, k_b, rho_b, 1 - rho_b) of a sample for the backward: k_b = +-2 s_b grad_b / E_all(s_b x_b), 0 if E_all = 0."""
+    g = tl.load(grad_ptr + b * grad_stride).to(ACC)
+    s = tl.load(stats_ptr + 2 * b)
+    e_all = tl.load(stats_ptr + 2 * b + 1)
+    value = tl.load(value_ptr + b)
+    if COMPLEMENT:
+        rho = 1.0 - value
+        rest = value
+        k = -2.0 * s * g
+    else:
+        rho = value
+        rest = 1.0 - value
+        k = 2.0 * s * g
+    k = tl.where(e_all == 0, 0.0, k / tl.where(e_all == 0, 1.0, e_all))
+    return s, k, rho, rest
+
+
+# --------------------------------------------------------------------------- band-limited DFT path
+@triton.jit(do_not_specialize=["q_lo", "q_hi"])
+def _ratio_dft_kernel(
+    x_ptr, w_ptr, value_ptr, stats_ptr, ch_ptr, sh_ptr, cw_ptr, sw_ptr, q_lo, q_hi,
+    C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr, BU: tl.constexpr,
+    BV: tl.constexpr, UR: tl.constexpr, NU: tl.constexpr, VB: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+    BAND_CMP: tl.constexpr, COMPLEMENT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    """value[b], stats[b] = [s_b, E_all(s_b x_b)] for one sample b per program.
+
+    Memory: reads the sample once (twice from L2 when C > 1: once for its max, once to transform) and the
+    small DFT factors; writes three numbers.
+    """
+    b = tl.program_id(0).to(tl.int64)
+    xb = x_ptr + b * (C * H * W)
+    ch, sh, cw, sw = _load_rect_matrices(ch_ptr, sh_ptr, cw_ptr, sw_ptr, BU, BH, BW, BV, False)
+    coef = _rect_coef(w_ptr, q_lo, q_hi, H, W, BU, BV, UR, NU, VB, HAS_WEIGHT, ACC)
+    m = tl.zeros((), dtype=ACC)
+    for c in range(C):
+        m = tl.maximum(m, tl.max(tl.max(tl.abs(_load_sample_plane(xb, c, H, W, BH, BW, ACC)), axis=1), axis=0))
+    s = _pow2_scale(m, ACC)
+    e_rect = tl.zeros((), dtype=ACC)
+    sumsq = tl.zeros((), dtype=ACC)
+    for c in range(C):
+        x = _load_sample_plane(xb, c, H, W, BH, BW, ACC) * s
+        re, im = _plane_spectrum(x, ch, sh, cw, sw, PREC)
+        e_rect += tl.sum(tl.sum(coef * (re * re + im * im), axis=1), axis=0)
+        sumsq += tl.sum(tl.sum(x * x, axis=1), axis=0)
+    e_all = (H * W) * sumsq
+    value = _sample_value(e_rect, e_all, BAND_CMP, COMPLEMENT)
+    tl.store(value_ptr + b, value)
+    tl.store(stats_ptr + 2 * b, s)
+    tl.store(stats_ptr + 2 * b + 1, e_all)
+
+
+@triton.jit(do_not_specialize=["q_lo", "q_hi", "grad_stride"])
+def _ratio_bwd_dft_kernel(
+    grad_ptr, grad_stride, x_ptr, w_ptr, value_ptr, stats_ptr, dx_ptr, ch_ptr, sh_ptr, cw_ptr, sw_ptr, q_lo, q_hi,
+    C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr, BU: tl.constexpr,
+    BV: tl.constexpr, UR: tl.constexpr, NU: tl.constexpr, VB: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+    BAND_CMP: tl.constexpr, COMPLEMENT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    """dx_b = k_b (S(m X'_b) - N rho_b x'_b) with x' = s_b x_b, k_b = +-2 s_b grad_b / E_all(x'_b), one sample per program.
+
+    Memory: reads the sample once, grad/value/stats (three numbers) and the DFT factors; writes dx once.
+    """
+    b = tl.program_id(0).to(tl.int64)
+    s, k, rho, rest = _ratio_grad_scalars(grad_ptr, grad_stride, value_ptr, stats_ptr, b, COMPLEMENT, ACC)
+    if BAND_CMP:  # band = all - rectangle: S(m X) = N x - S(m_rect X)
+        band_sign = -1.0
+        x_coef = rest * (H * W)
+    else:
+        band_sign = 1.0
+        x_coef = -rho * (H * W)
+    ch, sh, cw, sw = _load_rect_matrices(ch_ptr, sh_ptr, cw_ptr, sw_ptr, BU, BH, BW, BV, False)
+    cht, sht, cwt, swt = _load_rect_matrices(ch_ptr, sh_ptr, cw_ptr, sw_ptr, BU, BH, BW, BV, True)
+    coef = _rect_coef(w_ptr, q_lo, q_hi, H, W, BU, BV, UR, NU, VB, HAS_WEIGHT, ACC) * band_sign
+    rh = tl.arange(0, BH)[:, None]
+    rw = tl.arange(0, BW)[None, :]
+    inside = (rh < H) & (rw < W)
+    xb = x_ptr + b * (C * H * W)
+    db = dx_ptr + b * (C * H * W)
+    for c in range(C):
+        x = _load_sample_plane(xb, c, H, W, BH, BW, ACC) * s
+        re, im = _plane_spectrum(x, ch, sh, cw, sw, PREC)
+        synth = _plane_synthesis(re * coef, im * coef, cht, sht, cwt, swt, PREC)
+        dx = k * (synth + x_coef * x)
+        tl.store(db + c * (H * W) + rh * W + rw, dx.to(dx_ptr.dtype.element_ty), mask=inside)
+
+
+# --------------------------------------------------------------------------- FFT path (large planes)
+@triton.jit(do_not_specialize=["q_lo", "q_hi"])
+def _ratio_spectrum_kernel(
+    spec_ptr, w_ptr, value_ptr, stats_ptr, q_lo, q_hi,
+    C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, HAS_WEIGHT: tl.constexpr, COMPLEMENT: tl.constexpr,
+    ACC: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """value[b], stats[b] = [s_b, E_all(s_b x_b)] from the spectrum (B*C, H, W//2+1, 2), one sample per program.
+
+    E_all is summed from the spectrum (Parseval's other side), so x is not read. Memory: reads the sample's
+    spectrum twice (its max, then the sums); writes three numbers.
+    """
+    b = tl.program_id(0).to(tl.int64)
+    V: tl.constexpr = W // 2 + 1
+    HV: tl.constexpr = H * V
+    base = spec_ptr + b * (C * HV * 2)
+    peak = tl.zeros((BLOCK,), dtype=ACC)
+    for start in range(0, C * HV, BLOCK):
+        idx = start + tl.arange(0, BLOCK)
+        ok = idx < C * HV
+        re = tl.load(base + 2 * idx, mask=ok, other=0.0).to(ACC)
+        im = tl.load(base + 2 * idx + 1, mask=ok, other=0.0).to(ACC)
+        peak = tl.maximum(peak, tl.maximum(tl.abs(re), tl.abs(im)))
+    s = _pow2_scale(tl.max(peak, axis=0), ACC)
+    band = tl.zeros((BLOCK,), dtype=ACC)
+    total = tl.zeros((BLOCK,), dtype=ACC)
+    for start in range(0, C * HV, BLOCK):
+        idx = start + tl.arange(0, BLOCK)
+        ok = idx < C * HV
+        k = idx % HV
+        u = k // V
+        v = k % V
+        re = tl.load(base + 2 * idx, mask=ok, other=0.0).to(ACC) * s
+        im = tl.load(base + 2 * idx + 1, mask=ok, other=0.0).to(ACC) * s
+        if HAS_WEIGHT:
+            m = tl.load(w_ptr + k, mask=ok, other=0.0).to(ACC)
+        else:
+            m = tl.where(_band(u, v, q_lo, q_hi, H, W), 1.0, 0.0).to(ACC)
+        p = tl.where(ok, _hermitian_weight(v, W).to(ACC) * (re * re + im * im), 0.0)
+        band += m * p
+        total += p
+    e_all = tl.sum(total, axis=0)
+    value = _sample_value(tl.sum(band, axis=0), e_all, False, COMPLEMENT)
+    tl.store(value_ptr + b, value)
+    tl.store(stats_ptr + 2 * b, s)
+    tl.store(stats_ptr + 2 * b + 1, e_all)
+
+
+@triton.jit
+def _ratio_grad_factor(u, v, k_b, rho, w_ptr, q_lo, q_hi, ok, H: tl.constexpr, W: tl.constexpr,
+                       HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr):
+    """k_b (m_uv - rho_b): the real factor of s X_uv in the gradient spectrum."""
+    if HAS_WEIGHT:
+        m = tl.load(w_ptr + u * (W // 2 + 1) + v, mask=ok, other=0.0).to(ACC)
+    else:
+        m = tl.where(_band(u, v, q_lo, q_hi, H, W), 1.0, 0.0).to(ACC)
+    return k_b * (m - rho)
+
+
+@triton.jit(do_not_specialize=["q_lo", "q_hi", "grad_stride"])
+def _ratio_grad_spectrum_kernel(
+    spec_ptr, grad_ptr, grad_stride, w_ptr, value_ptr, stats_ptr, out_ptr, q_lo, q_hi,
+    C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, HAS_WEIGHT: tl.constexpr, COMPLEMENT: tl.constexpr,
+    ACC: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """G = k_b (m - rho_b) s_b X for a block of bins of one plane (grid: planes x bin blocks), for irfft2.
+
+    Edge columns (v = 0 and, for even W, v = W/2) are symmetrised in u, G_u <- (G_u + conj(G_-u)) / 2, so a
+    weight map that is not symmetric still gives the exact gradient through the c2r inverse. Memory: reads
+    the spectrum (edge bins twice) and writes G once.
+    """
+    plane = tl.program_id(0).to(tl.int64)
+    b = plane // C
+    V: tl.constexpr = W // 2 + 1
+    s, k, rho, rest = _ratio_grad_scalars(grad_ptr, grad_stride, value_ptr, stats_ptr, b, COMPLEMENT, ACC)
+    idx = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = idx < H * V
+    u = idx // V
+    v = idx % V
+    base = spec_ptr + plane * (H * V * 2)
+    re = tl.load(base + 2 * idx, mask=ok, other=0.0).to(ACC) * s
+    im = tl.load(base + 2 * idx + 1, mask=ok, other=0.0).to(ACC) * s
+    f = _ratio_grad_factor(u, v, k, rho, w_ptr, q_lo, q_hi, ok, H, W, HAS_WEIGHT, ACC)
+    gr = f * re
+    gi = f * im
+    if HAS_WEIGHT:
+        edge = ok & _edge_column(v, W)
+        um = (H - u) % H
+        midx = um * V + v
+        re_m = tl.load(base + 2 * midx, mask=edge, other=0.0).to(ACC) * s
+        im_m = tl.load(base + 2 * midx + 1, mask=edge, other=0.0).to(ACC) * s
+        f_m = _ratio_grad_factor(um, v, k, rho, w_ptr, q_lo, q_hi, edge, H, W, HAS_WEIGHT, ACC)
+        gr = tl.where(edge, 0.5 * (gr + f_m * re_m), gr)
+        gi = tl.where(edge, 0.5 * (gi - f_m * im_m), gi)
+    obase = out_ptr + plane * (H * V * 2)
+    tl.store(obase + 2 * idx, gr, mask=ok)
+    tl.store(obase + 2 * idx + 1, gi, mask=ok)
+
+
+# --------------------------------------------------------------------------- host side
+def _isqrt(n: int) -> int:
+    return math.isqrt(n) if n > 0 else 0
+
+
+def band_rect(h: int, w: int, q_lo: int, q_hi: int, has_weight: bool) -> tuple[int, int, int, bool, int, int]:
+    """The rectangle of bins the kernel transforms: ``(UR, NU, VB, band_cmp, mask_lo, mask_hi)``.
+
+    Rows u with min(u, H-u) <= UR (NU of them; all H rows when they cover the plane), columns v < VB. A band
+    with an upper limit uses the rectangle of the low band q <= q_hi and the mask [q_lo, q_hi]; a band without
+    one uses its complement, the low band [0, q_lo - 1] (``band_cmp``). Weight maps take every bin.
+    """
+    v_all = w // 2 + 1
+    if has_weight:
+        return h, h, v_all, False, 0, Q_NONE
+    band_cmp = q_hi >= Q_NONE
+    mask_lo, mask_hi = (0, q_lo - 1) if band_cmp else (q_lo, q_hi)
+    if mask_hi < 0:  # empty rectangle band (e.g. the all-pass band's complement): one zero-mask bin
+        return 0, 1, 1, band_cmp, 0, -1
+    ur = min(h // 2, _isqrt(mask_hi // (w * w)))
+    vb = min(w // 2, _isqrt(mask_hi // (h * h))) + 1
+    nu = h if 2 * ur + 1 >= h else 2 * ur + 1
+    return (h if nu == h else ur), nu, vb, band_cmp, mask_lo, mask_hi
+
+
+@functools.lru_cache(maxsize=128)
+def _row_factors(h: int, ur: int, nu: int, bu: int, bh: int, device: torch.device, dtype: torch.dtype):
+    """cos/sin(2 pi u_i t / H) (BU, BH) for the transformed rows u_i (see ``_rect_rows``), zero-padded."""
+    i = torch.arange(nu, dtype=torch.int64)
+    u = torch.where(i <= ur, i, h - (i - ur))
+    t = torch.arange(h, dtype=torch.int64)
+    angle = (2.0 * math.pi / h) * ((u[:, None] * t[None, :]) % h).to(torch.float64)
+    cos = torch.zeros(bu, bh, dtype=torch.float64)
+    sin = torch.zeros(bu, bh, dtype=torch.float64)
+    cos[:nu, :h] = torch.cos(angle)
+    sin[:nu, :h] = torch.sin(angle)
+    return cos.to(device=device, dtype=dtype).contiguous(), sin.to(device=device, dtype=dtype).contiguous()
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    if dtype == torch.float64:
+        return "ieee"
+    choice = os.environ.get("JAFR_TRITON_DOT", "tf32x3")
+    if choice not in ("ieee", "tf32x3", "tf32"):
+        raise ValueError(f"JAFR_TRITON_DOT must be 'ieee', 'tf32x3' or 'tf32', got {choice!r}")
+    return choice
+
+
+def ratio_path(h: int, w: int, rect: tuple[int, int], path: str = "auto") -> str:
+    """``"dft"`` (band-limited matrix DFT) or ``"fft"`` for H x W planes whose rectangle has ``rect`` = (NU, VB).
+
+    ``auto``: the DFT up to 32 x 32, and up to 64 x 64 while the rectangle fits 32 x 16 blocks (wider ones
+    need more registers and shared memory than a multiprocessor has: ``scripts/triton_compile_check.py``);
+    else the FFT. ``path`` (the launchers also read the environment's ``JAFR_TRITON_PATH``) forces one.
+    """
+    if path not in ("auto", "dft", "fft"):
+        raise ValueError(f"path must be 'auto', 'dft' or 'fft', got {path!r}")
+    if path == "auto":
+        small = max(h, w) <= 32 or (max(h, w) <= MAX_RATIO_DFT_SIZE and _block(rect[0]) <= 32 and _block(rect[1]) <= 16)
+        return "dft" if small else "fft"
+    if path == "dft" and max(h, w) > MAX_RATIO_DFT_SIZE:
+        raise ValueError(f"path='dft' serves planes up to {MAX_RATIO_DFT_SIZE}x{MAX_RATIO_DFT_SIZE}, got {h}x{w}")
+    return path
+
+
+def dft_meta(c: int, h: int, w: int, dtype: torch.dtype, q_lo: int, q_hi: int, has_weight: bool,
+             prec: Optional[str] = None) -> dict:
+    """Compile-time parameters of the DFT-path kernels for C planes of H x W in ``dtype`` (also used by
+    ``scripts/triton_compile_check.py``), and the mask limits."""
+    ur, nu, vb, band_cmp, mask_lo, mask_hi = band_rect(h, w, q_lo, q_hi, has_weight)
+    bh, bw, bu, bv = _block(h), _block(w), _block(nu), _block(vb)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    consts = dict(C=c, H=h, W=w, BH=bh, BW=bw, BU=bu, BV=bv, UR=ur, NU=nu, VB=vb, HAS_WEIGHT=has_weight,
+                  BAND_CMP=band_cmp, ACC=_tl_acc(acc), PREC=prec or _dot_precision(acc),
+                  num_warps=8 if max(bh, bw) > 32 else 4)
+    return dict(consts=consts, limits=(mask_lo, mask_hi))
+
+
+@functools.lru_cache(maxsize=256)
+def _dft_plan(c: int, h: int, w: int, dtype: torch.dtype, device: torch.device, q_lo: int, q_hi: int,
+              has_weight: bool, path: str, prec: str):
+    """``(factors and mask limits, constexprs)`` of the DFT path for this call's geometry, or None for the FFT
+    path: everything a launch needs that does not depend on the data, computed once per geometry."""
+    rect = band_rect(h, w, q_lo, q_hi, has_weight)
+    if ratio_path(h, w, rect[1:3], path) != "dft":
+        return None
+    meta = dft_meta(c, h, w, dtype, q_lo, q_hi, has_weight, prec)
+    k = meta["consts"]
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    ch, sh = _row_factors(h, k["UR"], k["NU"], k["BU"], k["BH"], device, acc)
+    cw, sw = _dft_matrices(w, k["VB"], k["BW"], k["BV"], device, acc)
+    return (ch, sh, cw, sw, *meta["limits"]), k
+
+
+def _plan_for(x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, path: str):
+    _, c, h, w = x.shape
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return _dft_plan(c, h, w, x.dtype, x.device, int(q_lo), int(q_hi), weight is not None,
+                     os.environ.get("JAFR_TRITON_PATH", path) if path == "auto" else path, _dot_precision(acc))
+
+
+def _spectrum(x: Tensor, acc: torch.dtype) -> Tensor:
+    h, w = x.shape[-2:]
+    return torch.view_as_real(torch.fft.rfft2(x if x.dtype == acc else x.to(acc)))
+
+
+def ratio(x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, complement: bool, *,
+          path: str = "auto") -> tuple[Tensor, Tensor]:
+    """Fused power-2 band ratio of each sample.
+
+    Args:
+        x: (B, C, H, W) float16/bfloat16/float32/float64.
+        weight: (H, W//2+1) mask values, or None for the radial band ``q_lo <= q(u, v) <= q_hi``.
+        complement: return ``1 - rho`` (0 for all-zero samples) instead of ``rho``.
+        path: ``"auto"``, ``"dft"`` (planes up to 64 x 64) or ``"fft"``.
+
+    Returns:
+        ``(value (B,), stats (B, 2))`` in float32 (float64 for float64 input); ``stats = [s_b, E_all(s_b x_b)]``
+        is the state :func:`ratio_backward` needs. A sample holding NaN/Inf gets value NaN.
+    """
+    x = _planes(x)
+    b, c, h, w = x.shape
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    value = torch.empty((b,), device=x.device, dtype=acc)
+    stats = torch.empty((b, 2), device=x.device, dtype=acc)
+    wt = _weight(weight, x, acc)
+    w_arg = wt if wt is not None else value  # never read without a weight map
+    plan = _plan_for(x, wt, q_lo, q_hi, path)
+    if plan is not None:
+        (ch, sh, cw, sw, lo, hi), consts = plan
+        _ratio_dft_kernel[(b,)](x, w_arg, value, stats, ch, sh, cw, sw, lo, hi, COMPLEMENT=bool(complement), **consts)
+    else:
+        spec = _spectrum(x, acc)
+        _ratio_spectrum_kernel[(b,)](spec, w_arg, value, stats, int(q_lo), int(q_hi), C=c, H=h, W=w,
+                                     HAS_WEIGHT=wt is not None, COMPLEMENT=bool(complement), ACC=_tl_acc(x.dtype),
+                                     BLOCK=1024, num_warps=4)
+    return value, stats
+
+
+def ratio_backward(grad: Tensor, x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, complement: bool,
+                   value: Tensor, stats: Tensor, *, path: str = "auto") -> Tensor:
+    """Gradient of ``sum(grad * ratio(x, ...)[0])`` with respect to x (dtype and shape of x, contiguous).
+
+    ``grad`` (B,) may be any 1-D view (an expanded scalar included: it is read through its stride).
+    """
+    x = _planes(x)
+    b, c, h, w = x.shape
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if grad.shape != (b,):
+        raise ValueError(f"grad must have shape (B,) = ({b},), got {tuple(grad.shape)}")
+    if grad.dtype != acc:
+        grad = grad.to(acc)
+    wt = _weight(weight, x, acc)
+    w_arg = wt if wt is not None else value
+    plan = _plan_for(x, wt, q_lo, q_hi, path)
+    if plan is not None:
+        dx = torch.empty_like(x)
+        (ch, sh, cw, sw, lo, hi), consts = plan
+        _ratio_bwd_dft_kernel[(b,)](grad, grad.stride(0), x, w_arg, value, stats, dx, ch, sh, cw, sw, lo, hi,
+                                    COMPLEMENT=bool(complement), **consts)
+        return dx
+    spec = _spectrum(x, acc)
+    gspec = torch.empty_like(spec)
+    block = 1024
+    _ratio_grad_spectrum_kernel[(b * c, triton.cdiv(h * (w // 2 + 1), block))](
+        spec, grad, grad.stride(0), w_arg, value, stats, gspec, int(q_lo), int(q_hi), C=c, H=h, W=w,
+        HAS_WEIGHT=wt is not None, COMPLEMENT=bool(complement), ACC=_tl_acc(x.dtype), BLOCK=block, num_warps=4)
+    dx = torch.fft.irfft2(torch.view_as_complex(gspec), s=(h, w), norm="forward")
+    return dx if dx.dtype == x.dtype else dx.to(x.dtype)

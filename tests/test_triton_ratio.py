@@ -1,0 +1,246 @@
+"""The Triton fused ratio (``kernels/triton_ratio.py``) against the float64 reference, and its launch budget.
+
+Runs the interpreter on CPU tensors here, the compiled kernels on a GPU (``JAFR_TRITON_TEST_DEVICE=cuda``).
+Tolerance: normwise relative error <= 1e-5 in fp32 (``conftest.TOLERANCE``). The ratio is a quotient of two
+fp32 sums whose terms are two chained products deep; its error is a few 1e-7 (interpreter: IEEE; GPU: the
+3-pass TF32 split, ~5e-7 per product), while a wrong Hermitian weight, band bound or sign moves it by >= 1e-3.
+"""
+import os
+import sys
+
+import torch
+
+_DEVICE = os.environ.get("JAFR_TRITON_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+_TRITON_ALREADY_COMPILED = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET", "0") != "1"
+if _DEVICE == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+
+pytest.importorskip("triton")
+
+import jafr_kernels as jk  # noqa: E402
+from jafr_kernels import reference  # noqa: E402
+from jafr_kernels.reference import RadialBand  # noqa: E402
+
+from conftest import TOLERANCE, rel_err  # noqa: E402
+
+if _DEVICE == "cuda" and not torch.cuda.is_available():
+    pytest.skip("JAFR_TRITON_TEST_DEVICE=cuda but no CUDA device is visible", allow_module_level=True)
+if _DEVICE == "cpu" and _TRITON_ALREADY_COMPILED:
+    pytest.skip("triton was imported before TRITON_INTERPRET=1 was set; run this file on its own", allow_module_level=True)
+
+from jafr_kernels.kernels import triton_ratio as tr  # noqa: E402
+
+DEVICE = torch.device(_DEVICE)
+TOL = TOLERANCE[torch.float32]
+
+# 17x33 and 31x17 sit just past a block boundary; 96x80 takes the FFT path.
+SIZES = [(28, 28), (32, 32), (31, 17), (17, 33), (64, 64), (96, 80)]
+MASKS = {
+    "low": RadialBand.low(0.25),
+    "high": RadialBand.high(0.25),
+    "between": RadialBand.between(0.2, 0.6),
+    "weight": None,  # a random non-negative map, not symmetric in u
+}
+CHANNELS = {"low": 1, "high": 3, "between": 3, "weight": 1}
+
+
+def _planes(b, c, h, w, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, c, h, w, generator=g, dtype=torch.float64).to(device=DEVICE, dtype=dtype)
+
+
+def _mask(name, h, w):
+    if name == "weight":
+        g = torch.Generator().manual_seed(3)
+        weight = torch.rand(h, w // 2 + 1, generator=g, dtype=torch.float64).to(DEVICE)
+        return weight, weight, 0, reference.Q_MAX
+    band = MASKS[name]
+    return band, None, *band.q_limits(h, w)
+
+
+def _reference(x, mask, complement, grad):
+    """(value, d(grad . value)/dx) of the float64 reference."""
+    xr = x.detach().double().requires_grad_(True)
+    rho = reference.low_freq_ratio(xr, mask)
+    nonzero = xr.flatten(1).ne(0).any(dim=1)
+    value = torch.where(nonzero, 1.0 - rho, torch.zeros_like(rho)) if complement else rho
+    (dx,) = torch.autograd.grad((value * grad.double()).sum(), xr)
+    return value.detach(), dx
+
+
+def _kernels(x, weight, q_lo, q_hi, complement, grad, path="auto"):
+    value, stats = tr.ratio(x, weight, q_lo, q_hi, complement, path=path)
+    dx = tr.ratio_backward(grad, x, weight, q_lo, q_hi, complement, value, stats, path=path)
+    return value, dx
+
+
+# --------------------------------------------------------------------------- 1. values and gradients
+@pytest.mark.parametrize("h,w", SIZES)
+@pytest.mark.parametrize("mask", list(MASKS))
+@pytest.mark.parametrize("complement", [False, True])
+def test_matches_reference(h, w, mask, complement):
+    x = _planes(3, CHANNELS[mask], h, w, seed=h * w)
+    ref_mask, weight, q_lo, q_hi = _mask(mask, h, w)
+    grad = torch.tensor([0.7, -1.3, 2.0], device=DEVICE)
+    value, dx = _kernels(x, weight, q_lo, q_hi, complement, grad)
+    value_ref, dx_ref = _reference(x, ref_mask, complement, grad)
+    assert value.dtype == torch.float32 and dx.dtype == x.dtype and dx.shape == x.shape
+    assert rel_err(value, value_ref) <= TOL
+    assert rel_err(dx, dx_ref) <= TOL
+
+
+@pytest.mark.parametrize("path", ["dft", "fft"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_both_paths_at_one_size(path, channels):
+    x = _planes(2, channels, 28, 28, seed=11)
+    band = RadialBand.low(0.4)
+    grad = torch.tensor([1.0, -0.5], device=DEVICE)
+    value, dx = _kernels(x, None, *band.q_limits(28, 28), True, grad, path=path)
+    value_ref, dx_ref = _reference(x, band, True, grad)
+    assert rel_err(value, value_ref) <= TOL and rel_err(dx, dx_ref) <= TOL
+
+
+@pytest.mark.parametrize("path", ["dft", "fft"])
+def test_float64_is_tight(path):
+    x = _planes(2, 3, 17, 12, dtype=torch.float64, seed=12)
+    band = RadialBand.between(0.1, 0.7)
+    grad = torch.tensor([1.0, 2.0], device=DEVICE, dtype=torch.float64)
+    value, dx = _kernels(x, None, *band.q_limits(17, 12), False, grad, path=path)
+    value_ref, dx_ref = _reference(x, band, False, grad)
+    assert value.dtype == torch.float64
+    assert rel_err(value, value_ref) <= TOLERANCE[torch.float64] and rel_err(dx, dx_ref) <= TOLERANCE[torch.float64]
+
+
+def test_all_pass_band_is_one_with_zero_gradient():
+    x = _planes(2, 3, 16, 16, seed=13)
+    grad = torch.ones(2, device=DEVICE)
+    value, dx = _kernels(x, None, *RadialBand.all().q_limits(16, 16), False, grad)
+    assert torch.allclose(value, torch.ones_like(value))
+    assert float(dx.abs().max()) <= 1e-6 * float(x.abs().max())
+
+
+# --------------------------------------------------------------------------- 2. scale, zero and non-finite samples
+@pytest.mark.parametrize("path", ["dft", "fft"])
+def test_scale_invariance_1e30(path):
+    """Each sample scaled by 1e-30 .. 1e30 gives the unscaled value, and a gradient scaled by the inverse."""
+    base = _planes(1, 3, 32, 32, seed=14)
+    scales = torch.tensor([1e-30, 1e-15, 1.0, 1e15, 1e30], device=DEVICE)
+    x = base * scales[:, None, None, None]
+    band = RadialBand.low(0.25)
+    grad = torch.ones(5, device=DEVICE)
+    value, dx = _kernels(x, None, *band.q_limits(32, 32), True, grad, path=path)
+    value_ref, dx_ref = _reference(base, band, True, torch.ones(1, device=DEVICE))
+    assert torch.isfinite(value).all() and torch.isfinite(dx).all()
+    assert rel_err(value, value_ref.expand(5)) <= TOL
+    for i, s in enumerate(scales.tolist()):
+        assert rel_err(dx[i : i + 1].double() * s, dx_ref) <= TOL
+
+
+@pytest.mark.parametrize("path", ["dft", "fft"])
+@pytest.mark.parametrize("complement", [False, True])
+def test_zero_sample_gives_zero_with_zero_gradient(path, complement):
+    x = _planes(3, 3, 20, 20, seed=15)
+    x[1] = 0.0
+    band = RadialBand.low(0.3)
+    grad = torch.ones(3, device=DEVICE)
+    value, dx = _kernels(x, None, *band.q_limits(20, 20), complement, grad, path=path)
+    value_ref, dx_ref = _reference(x, band, complement, grad)
+    assert float(value[1]) == 0.0 and float(dx[1].abs().max()) == 0.0
+    assert rel_err(value, value_ref) <= TOL and rel_err(dx, dx_ref) <= TOL
+
+
+@pytest.mark.parametrize("path", ["dft", "fft"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nonfinite_sample_is_nan_and_alone(path, bad):
+    x = _planes(3, 3, 20, 20, seed=16)
+    clean = x.clone()
+    x[2, 1, 4, 7] = bad
+    band = RadialBand.low(0.3)
+    value, _ = tr.ratio(x, None, *band.q_limits(20, 20), True, path=path)
+    value_ref, _ = _reference(clean, band, True, torch.ones(3, device=DEVICE))
+    assert torch.isnan(value[2])
+    assert rel_err(value[:2], value_ref[:2]) <= TOL
+
+
+def test_half_precision_input():
+    x = _planes(2, 3, 28, 28, seed=17).to(torch.float16)
+    band = RadialBand.low(0.25)
+    grad = torch.ones(2, device=DEVICE)
+    value, dx = _kernels(x, None, *band.q_limits(28, 28), True, grad)
+    value_ref, dx_ref = _reference(x, band, True, grad)  # fp16 input is exact once upcast
+    assert value.dtype == torch.float32 and dx.dtype == torch.float16
+    assert rel_err(value, value_ref) <= TOL
+    assert rel_err(dx, dx_ref) <= 2.0**-10  # dx is rounded to fp16 on the store
+
+
+def test_expanded_grad_is_read_through_its_stride():
+    x = _planes(4, 1, 16, 16, seed=18)
+    band = RadialBand.low(0.25)
+    value, stats = tr.ratio(x, None, *band.q_limits(16, 16), False)
+    g = torch.tensor(0.25, device=DEVICE).expand(4)
+    dx = tr.ratio_backward(g, x, None, *band.q_limits(16, 16), False, value, stats)
+    dx_dense = tr.ratio_backward(g.contiguous(), x, None, *band.q_limits(16, 16), False, value, stats)
+    assert torch.equal(dx, dx_dense)
+
+
+# --------------------------------------------------------------------------- 3. gradcheck (float64)
+class _Ratio(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, q_lo, q_hi, complement, path):
+        value, stats = tr.ratio(x, weight, q_lo, q_hi, complement, path=path)
+        ctx.save_for_backward(x, value, stats)
+        ctx.args = (weight, q_lo, q_hi, complement, path)
+        return value
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, value, stats = ctx.saved_tensors
+        weight, q_lo, q_hi, complement, path = ctx.args
+        dx = tr.ratio_backward(grad, x, weight, q_lo, q_hi, complement, value, stats, path=path)
+        return dx, None, None, None, None, None
+
+
+@pytest.mark.parametrize("path", ["dft", "fft"])
+@pytest.mark.parametrize("h,w", [(6, 5), (5, 6)])
+def test_gradcheck(path, h, w):
+    x = _planes(2, 2, h, w, dtype=torch.float64, seed=19).requires_grad_(True)
+    q_lo, q_hi = RadialBand.high(0.4).q_limits(h, w)
+    assert torch.autograd.gradcheck(lambda t: _Ratio.apply(t, None, q_lo, q_hi, True, path), (x,))
+    weight = torch.rand(h, w // 2 + 1, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    assert torch.autograd.gradcheck(lambda t: _Ratio.apply(t, weight, 0, reference.Q_MAX, False, path), (x,),
+                                    fast_mode=True)
+
+
+# --------------------------------------------------------------------------- 4. band geometry
+def test_band_rectangle_covers_exactly_the_band():
+    """Every bin of the band lies in the transformed rectangle (rows min(u, H-u) <= UR, columns v < VB)."""
+    for h, w in [(32, 32), (28, 28), (31, 17), (17, 33), (64, 64), (7, 5)]:
+        for band in (RadialBand.low(0.25), RadialBand.low(0.9), RadialBand.high(0.3), RadialBand.between(0.2, 0.5)):
+            q_lo, q_hi = band.q_limits(h, w)
+            ur, nu, vb, band_cmp, lo, hi = tr.band_rect(h, w, q_lo, q_hi, False)
+            q = reference.squared_radius_index(h, w)
+            inside = (q >= lo) & (q <= hi)
+            rows = torch.arange(h)
+            in_rect = (torch.minimum(rows, h - rows) <= ur)[:, None] & (torch.arange(w // 2 + 1) < vb)[None, :]
+            assert not (inside & ~in_rect).any(), (h, w, band)
+            assert nu == min(h, 2 * ur + 1) or nu == h
+            expected = reference.band_mask(band, h, w).bool()
+            assert torch.equal(~inside if band_cmp else inside, expected), (h, w, band)
+    assert tr.band_rect(32, 32, *RadialBand.low(0.25).q_limits(32, 32), False)[:3] == (4, 9, 5)
+
+
+# --------------------------------------------------------------------------- 5. launch budget
+def test_launch_budget_of_a_penalty_call(record_ops):
+    """freq_penalty forward+backward (ratio, power 2, radial band) on Triton: <= 2 launches, <= 4 other ops."""
+    x = _planes(8, 3, 32, 32, seed=20).requires_grad_(True)
+    loss = jk.freq_penalty(x, 0.25, backend="triton")  # warm-up: DFT factors cached, kernels compiled
+    torch.autograd.grad(loss, x)
+    with record_ops() as rec:
+        loss = jk.freq_penalty(x, 0.25, backend="triton")
+        (dx,) = torch.autograd.grad(loss, x)
+    assert rec.launches == ["_ratio_dft_kernel", "_ratio_bwd_dft_kernel"], rec.launches
+    assert len(rec.ops) <= 4, rec.ops  # mean, its backward's div, autograd's ones_like
+    assert rec.host_reads == []
+    assert torch.isfinite(dx).all()
