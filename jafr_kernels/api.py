@@ -1,8 +1,10 @@
-"""The public spectral functions: input checks, backend choice, and the composition of the primitive ops.
+"""The public spectral functions: input checks, backend choice, and dispatch to one op per call.
 
-Formulas are those of :mod:`jafr_kernels.reference` (the specification); this module computes them with
-whichever backend serves the input, in fp32 (fp64 for fp64 input), returning fp32 results for fp16/bf16
-input.
+Formulas are those of :mod:`jafr_kernels.reference` (the specification). This module validates arguments
+(host-side Python only) and hands each call to the chosen backend: the power-2 ratio and penalty are one
+fused op (:func:`jafr_kernels.ops.band_ratio`), so the default path of :func:`freq_penalty`,
+:func:`low_freq_ratio` and :func:`spectral_energy` reads nothing back from the device. Maths run in fp32
+(fp64 for fp64 input); results are fp32 for fp16/bf16 input.
 """
 from __future__ import annotations
 
@@ -67,10 +69,11 @@ def _check_weight(weight: Tensor, x: Tensor) -> Tensor:
         raise ValueError(f"weight map is on {weight.device} but the input is on {x.device}; move them to one device")
     if weight.is_complex() or not weight.is_floating_point():
         raise TypeError(f"weight map must be a real floating tensor, got dtype {weight.dtype}")
-    if not torch.compiler.is_compiling():
-        if not bool(torch.isfinite(weight).all()):
+    if not torch.compiler.is_compiling():  # one host read per call with a weight map (radial bands need none)
+        nonfinite, negative = torch.stack([~torch.isfinite(weight).all(), (weight < 0).any()]).tolist()
+        if nonfinite:
             raise ValueError("weight map contains NaN or Inf")
-        if bool((weight < 0).any()):
+        if negative:
             raise ValueError("weight map must be >= 0 everywhere (it weights spectral energies)")
     return weight.detach().to(ops.accumulate_dtype(x.dtype)).contiguous()
 
@@ -111,55 +114,48 @@ def _energy(x: Tensor, weight, band, power: int, backend: str) -> Tensor:
     return ops.spectral_energy(x.contiguous(), weight, *_q_limits(band, x), power, backend)
 
 
-def sample_max_abs(x: Tensor) -> Tensor:
-    """Per-sample max |x| (B,), detached: one pass that also reveals NaN/Inf (propagated) and all-zero samples."""
-    return x.detach().flatten(1).abs().amax(dim=1)  # amax propagates NaN; an inf-norm reduction is ~10x slower on CPU
+def _ratio(x: Tensor, weight, band, power: int, complement: bool, backend: str) -> Tensor:
+    """Per-sample ``E_low / E_all`` (B,), or with ``complement`` ``1 - E_low / E_all`` (0 for all-zero samples).
 
-
-def _ratio(x: Tensor, weight, band, power: int, backend: str):
-    """Per-sample ``(E_low / E_all, max|x|)``, computed on x divided by its per-sample max |x|.
-
-    The ratio is scale invariant, so dividing by a detached per-sample scale changes neither its value nor
-    its gradient, while it keeps N |x|^2 representable in fp32 for |x| from 1e-30 to 1e30. Backends with a
-    fused power-2 ratio do all of it in one op (one read of x forward; x and the band-passed x backward).
+    Kernel backends compute the power-2 ratio in one fused op each way. Otherwise (power 1, or the
+    reference) it is composed from energies of x divided by its detached per-sample max |x|: the ratio is
+    scale invariant, so this changes neither value nor gradient while keeping fp32 sums finite for |x| from
+    1e-30 to 1e30. NaN/Inf in a sample gives NaN for that sample on every path.
     """
-    if power == 2 and backends.fuses_ratio(backend):
-        q_lo, q_hi = _q_limits(band, x)
-        ratio, stats = ops.band_ratio(x.contiguous(), weight, q_lo, q_hi, backend)
-        max_abs = stats[:, 0]
-        tiny = (max_abs > 0) & (max_abs < torch.finfo(stats.dtype).tiny)
-        if not torch.compiler.is_compiling() and bool(tiny.any()):
-            # 1/max|x| overflows for subnormal samples: lift them by an exact power of two (ratio unchanged)
-            lift = torch.where(tiny, 2.0**100, 1.0).to(x.dtype if x.dtype == torch.float64 else torch.float32)
-            ratio, stats = ops.band_ratio((x.to(lift.dtype) * lift[:, None, None, None]).contiguous(), weight, q_lo, q_hi, backend)
-        return ratio, max_abs
-    max_abs = sample_max_abs(x)
-    acc = ops.accumulate_dtype(x.dtype)
-    scale = torch.where(max_abs > 0, max_abs, torch.ones_like(max_abs)).to(acc)
-    xs = x.to(acc) / scale[:, None, None, None]
+    if power == 2 and backend != "reference":
+        return ops.band_ratio(x.contiguous(), weight, *_q_limits(band, x), complement, backend)[0]
+    max_abs = x.detach().flatten(1).abs().amax(dim=1)  # NaN-propagating
+    xs = x.to(ops.accumulate_dtype(x.dtype)) / torch.where(max_abs > 0, max_abs, 1.0)[:, None, None, None].to(
+        ops.accumulate_dtype(x.dtype))
     e_low = _energy(xs, weight, band, power, backend).sum(dim=1)
     if power == 2:
-        n = x.shape[-2] * x.shape[-1]
-        e_all = n * torch.linalg.vector_norm(xs.flatten(1), dim=1).square()  # Parseval: no transform needed
+        e_all = x.shape[-2] * x.shape[-1] * xs.flatten(1).square().sum(dim=1)  # Parseval: no transform needed
     else:
         e_all = _energy(xs, None, RadialBand.all(), power, backend).sum(dim=1)
-    return reference._safe_ratio(e_low, e_all), max_abs
+    ratio = reference._safe_ratio(e_low, e_all)
+    return torch.where(e_all == 0, 0.0, 1.0 - ratio) if complement else ratio
 
 
-def _handle_nonfinite(x: Tensor, max_abs: Tensor, nonfinite: str, name: str) -> Tensor:
-    """Raise on NaN/Inf in x (with the count of bad entries), or zero the affected samples."""
-    if torch.compiler.is_compiling() or bool(torch.isfinite(max_abs).all()):
-        return x
-    finite = torch.isfinite(x)
-    if nonfinite == "raise":
-        bad = int((~finite).sum())
-        samples = int((~finite).flatten(1).any(dim=1).sum())
-        raise ValueError(
-            f"{name} has {bad} non-finite (NaN/Inf) entries in {samples} of {x.shape[0]} samples; "
-            "pass nonfinite='ignore' to drop those samples from the penalty"
-        )
-    keep = torch.isfinite(max_abs)[:, None, None, None]
-    return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
+NONFINITE = ("propagate", "raise", "ignore")
+
+
+def _drop_nonfinite(x: Tensor) -> Tensor:
+    """x with every sample that holds NaN/Inf set to zero (which then contributes 0 with zero gradient)."""
+    keep = torch.isfinite(x).flatten(1).all(dim=1)
+    return torch.where(keep[:, None, None, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def _raise_nonfinite(jac: Tensor, result: Tensor) -> None:
+    """nonfinite="raise": one host read of ``result``; if it is not finite, count the bad entries of ``jac``."""
+    if bool(torch.isfinite(result).all()):
+        return
+    finite = torch.isfinite(jac)
+    bad = int((~finite).sum())
+    samples = int((~finite).flatten(1).any(dim=1).sum())
+    raise ValueError(
+        f"jac has {bad} non-finite (NaN/Inf) entries in {samples} of {jac.shape[0]} samples; the default "
+        "nonfinite='propagate' returns NaN for those samples instead, nonfinite='ignore' drops them"
+    )
 
 
 # --------------------------------------------------------------------------- public API
@@ -200,7 +196,7 @@ def low_freq_ratio(x: Tensor, cutoff: MaskLike = 0.25, *, power: int = 2, backen
     """
     x = check_planes(x)
     weight, band = as_mask(cutoff, x)
-    return _ratio(x, weight, band, _check_power(power), _choose_backend(backend, x))[0]
+    return _ratio(x, weight, band, _check_power(power), False, _choose_backend(backend, x))
 
 
 def radial_mask(h: int, w: int, cutoff=0.25, *, band: str = "low", device=None, dtype=torch.float32) -> Tensor:
@@ -237,16 +233,8 @@ def _official(jac: Tensor, target: str, max_pow: float, eps: float, backend: str
     h, w = jac.shape[-2:]
     if h != w:
         raise ValueError(f"formulation='official' needs square planes (its exponent ramp spans both axes), got {h}x{w}")
-    sign = 1.0 if target == "low" else -1.0
-    if backend == "reference":
-        return reference.official_penalty(jac, sign * max_pow, eps)
-    m = ops.mean_magnitude(jac.contiguous(), backend)
-    k = h // 2 + 1
-    log_m = torch.log(m[:k] + eps)
-    p = torch.linspace(sign * max_pow, -sign * max_pow, k, dtype=m.dtype, device=m.device) + 1e-5
-    rows = (log_m * p[None, :]).sum(dim=1)
-    cols = (log_m * p[:, None]).sum(dim=0)
-    return -torch.logsumexp(torch.cat([rows, cols]), dim=0)
+    m = reference.mean_magnitude(jac) if backend == "reference" else ops.mean_magnitude(jac.contiguous(), backend)
+    return reference.official_from_magnitude(m, max_pow if target == "low" else -max_pow, eps)
 
 
 def freq_penalty(
@@ -260,7 +248,7 @@ def freq_penalty(
     max_pow: float = 1.0,
     eps: float = 1e-5,
     backend: str = "auto",
-    nonfinite: str = "raise",
+    nonfinite: str = "propagate",
 ) -> Tensor:
     """JaFR frequency penalty on a Jacobian (input gradient), a drop-in loss term.
 
@@ -279,8 +267,10 @@ def freq_penalty(
         target: ``"low"`` or ``"high"``.
         power: 2 (energy) or 1 (magnitude) for the ratio formulation.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per-sample, shape (B,)).
-        nonfinite: ``"raise"`` (default) on NaN/Inf in ``jac`` with the count of bad entries, or ``"ignore"``
-            to give those samples zero penalty.
+        nonfinite: what a sample whose Jacobian holds NaN/Inf does. ``"propagate"`` (default): its penalty is
+            NaN, like any torch loss, and nothing is read back to the host. ``"raise"``: a ValueError with the
+            count of bad entries (one host read per call; not in compiled code). ``"ignore"``: the sample is
+            zeroed, giving 0 penalty and zero gradient.
         backend: see :func:`spectral_energy`.
 
     Returns:
@@ -293,24 +283,26 @@ def freq_penalty(
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if formulation not in ("ratio", "official"):
         raise ValueError(f"formulation must be 'ratio' or 'official', got {formulation!r}")
+    if nonfinite not in NONFINITE:
+        raise ValueError(f"nonfinite must be one of {', '.join(map(repr, NONFINITE))}, got {nonfinite!r}")
+    if nonfinite == "raise" and torch.compiler.is_compiling():
+        raise ValueError("nonfinite='raise' reads the result back to the host, which a compiled graph cannot do; "
+                         "use the default nonfinite='propagate' (NaN penalty for non-finite samples) in compiled code")
     backend = _choose_backend(backend, jac)
-    if nonfinite not in ("raise", "ignore"):
-        raise ValueError(f"nonfinite must be 'raise' or 'ignore', got {nonfinite!r}")
     if formulation == "official":
-        jac = _handle_nonfinite(jac, sample_max_abs(jac), nonfinite, "jac")
         if reduction != "mean":
             raise ValueError("formulation='official' yields one value per batch (a batch-mean spectrum); use reduction='mean'")
         if not (eps > 0):
             raise ValueError(f"eps must be > 0 for formulation='official', got {eps}")
-        return _official(jac, target, float(max_pow), float(eps), backend)
-    weight, band = as_mask(cutoff, jac)
-    power = _check_power(power)
-    ratio, max_abs = _ratio(jac, weight, band, power, backend)
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(max_abs).all()):
-        jac = _handle_nonfinite(jac, max_abs, nonfinite, "jac")  # raises, or zeroes the bad samples
-        ratio, max_abs = _ratio(jac, weight, band, power, backend)
-    if target == "low":
-        per_sample = torch.where(max_abs > 0, 1.0 - ratio, torch.zeros_like(ratio))
     else:
-        per_sample = ratio
-    return reference._reduce(per_sample, reduction)
+        weight, band = as_mask(cutoff, jac)
+        power = _check_power(power)
+    if nonfinite == "ignore":
+        jac = _drop_nonfinite(jac)
+    if formulation == "official":
+        result = _official(jac, target, float(max_pow), float(eps), backend)
+    else:
+        result = reference._reduce(_ratio(jac, weight, band, power, target == "low", backend), reduction)
+    if nonfinite == "raise":
+        _raise_nonfinite(jac, result)
+    return result

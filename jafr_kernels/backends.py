@@ -1,91 +1,136 @@
-"""Backend discovery and selection: the one place that decides which implementation serves a call.
+"""Backends: what each one provides, whether it can serve a call, and the one place that picks one.
 
-A backend provides four primitives on (B, C, H, W) tensors (any float dtype; maths in fp32, or fp64 for
-fp64 input):
-
-* ``energy(x, weight, q_lo, q_hi, power) -> (B, C)``: ``sum_uv h_v m_uv |X_uv|^p`` with
-  ``m = weight`` if given, else the radial band ``q_lo <= q(u, v) <= q_hi`` (see ``reference.RadialBand``);
-* ``energy_backward(grad, x, weight, q_lo, q_hi, power) -> dx`` (dtype of x);
-* ``mean_magnitude(x) -> (H, W//2+1)``: mean over batch and channels of ``|X|``;
-* ``mean_magnitude_backward(grad, x) -> dx``;
-
-and optionally the fused power-2 ratio ``ratio(x, weight, q_lo, q_hi) -> (ratio (B,), stats (B, 2))`` with
-``ratio_backward(grad, x, weight, q_lo, q_hi, ratio, stats) -> dx`` (stats: ``[max|x_b|, E_all(x_b/max|x_b|)]``).
+A kernel backend (``triton``, ``cuda``, ``cpu``) is a module that fills the :class:`Kernels` protocol on
+(B, C, H, W) tensors of any float dtype (maths in fp32, or fp64 for fp64 input). ``reference`` is the
+pure-PyTorch specification (:mod:`jafr_kernels.reference`), differentiated by autograd; it always works.
 
 ``auto`` picks, for CUDA tensors, Triton, then the CUDA extension, then the reference; for CPU tensors the
-C++ CPU extension, then the reference. ``JAFR_BACKEND`` overrides ``auto``.
+C++ CPU extension, then the reference. ``JAFR_BACKEND`` overrides ``auto``. When nothing fits, the error
+lists every backend's reason.
 """
 from __future__ import annotations
 
-import functools
 import os
-from typing import Callable, Mapping
+from dataclasses import dataclass
+from typing import Callable, Mapping, Optional, Protocol
 
 import torch
-
-BACKENDS = ("triton", "cuda", "cpu", "reference")
-# Preference order of "auto" per device type.
-AUTO_ORDER = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpu", "reference")}
+from torch import Tensor
 
 
 class BackendUnavailableError(RuntimeError):
     """No backend (or not the one asked for) can serve a call; the message lists each one's reason."""
 
 
-@functools.lru_cache(maxsize=None)
-def _extension():
-    """The compiled extension ``jafr_kernels._C`` or the import error as a string."""
-    try:
-        from jafr_kernels.kernels import cpp  # noqa: PLC0415
+class Kernels(Protocol):
+    """The primitives every kernel backend provides (``weight`` a (H, W//2+1) map, or None for the radial band
+    ``q_lo <= q(u, v) <= q_hi`` of ``reference.RadialBand``)."""
 
-        return cpp
-    except ImportError as exc:  # not built: the reference still works
-        return f"the C++ extension jafr_kernels._C is not built ({exc}); reinstall with `pip install --no-build-isolation .`"
+    def energy(self, x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, power: int) -> Tensor:
+        """(B, C) energies ``sum_uv h_v m_uv |X_uv|^power``."""
+
+    def energy_backward(self, grad: Tensor, x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int,
+                        power: int) -> Tensor:
+        """Gradient of ``sum(grad * energy(x))``, dtype of x."""
+
+    def mean_magnitude(self, x: Tensor) -> Tensor:
+        """(H, W//2+1) mean over batch and channels of ``|X|``."""
+
+    def mean_magnitude_backward(self, grad: Tensor, x: Tensor) -> Tensor:
+        """Gradient of ``sum(grad * mean_magnitude(x))``, dtype of x."""
+
+    def ratio(self, x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int,
+              complement: bool) -> tuple[Tensor, Tensor]:
+        """Fused power-2 band ratio: ``(value (B,), stats (B, 2))``; value = rho or (complement) 1 - rho, 0 for
+        all-zero samples, NaN for samples holding NaN/Inf; stats is the backend's own state for the backward.
+        One pass over x, no host read."""
+
+    def ratio_backward(self, grad: Tensor, x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int,
+                       complement: bool, value: Tensor, stats: Tensor) -> Tensor:
+        """Gradient of ``sum(grad * value)``, dtype of x."""
 
 
-@functools.lru_cache(maxsize=None)
-def _triton_module():
-    try:
-        from jafr_kernels.kernels import triton_spectral  # noqa: PLC0415
+@dataclass(frozen=True)
+class Backend:
+    """One backend: its name, how to load its kernels, and why it cannot serve a device (None if it can)."""
 
-        return triton_spectral
-    except Exception as exc:  # ImportError, or triton failing to initialise
-        return f"Triton is not importable ({type(exc).__name__}: {exc})"
+    name: str
+    load: Callable[[], "Kernels | str"]  # the Kernels module, or why it cannot be loaded
+    serves: Callable[[torch.device], Optional[str]]
 
 
 def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def unavailable_reason(name: str, device: torch.device) -> str | None:
-    """Why backend ``name`` cannot serve a tensor on ``device``; ``None`` when it can."""
-    if name == "reference":
+_LOADED: dict = {}  # backend module (or why it cannot load) per loader, memoised by hand: torch.compile traces it
+
+
+def _load_extension():
+    if "cpp" not in _LOADED:
+        try:
+            from jafr_kernels.kernels import cpp  # noqa: PLC0415
+
+            _LOADED["cpp"] = cpp
+        except ImportError as exc:  # not built: the reference still works
+            _LOADED["cpp"] = (f"the C++ extension jafr_kernels._C is not built ({exc}); "
+                              "reinstall with `pip install --no-build-isolation .`")
+    return _LOADED["cpp"]
+
+
+def _load_triton():
+    if "triton" not in _LOADED:
+        try:
+            from jafr_kernels.kernels import triton_backend  # noqa: PLC0415
+
+            _LOADED["triton"] = triton_backend
+        except Exception as exc:  # ImportError, or triton failing to initialise
+            _LOADED["triton"] = f"Triton is not importable ({type(exc).__name__}: {exc})"
+    return _LOADED["triton"]
+
+
+def _cpu_serves(device: torch.device) -> Optional[str]:
+    return None if device.type == "cpu" else f"serves CPU tensors only (got a {device.type} tensor)"
+
+
+def _cuda_serves(device: torch.device) -> Optional[str]:
+    ext = _load_extension()
+    if not isinstance(ext, str) and not ext.built_with_cuda():
+        return "the extension was built without CUDA (no nvcc or a CPU-only torch at build time)"
+    return None if device.type == "cuda" else f"serves CUDA tensors only (got a {device.type} tensor)"
+
+
+def _triton_serves(device: torch.device) -> Optional[str]:
+    if device.type == "cuda" or (device.type == "cpu" and triton_interpreted()):
         return None
-    if name == "cpu":
-        ext = _extension()
-        if isinstance(ext, str):
-            return ext
-        return None if device.type == "cpu" else f"serves CPU tensors only (got a {device.type} tensor)"
-    if name == "cuda":
-        ext = _extension()
-        if isinstance(ext, str):
-            return ext
-        if not ext.built_with_cuda():
-            return "the extension was built without CUDA (no nvcc or a CPU-only torch at build time)"
-        return None if device.type == "cuda" else f"serves CUDA tensors only (got a {device.type} tensor)"
-    if name == "triton":
-        mod = _triton_module()
-        if isinstance(mod, str):
-            return mod
-        if device.type == "cuda":
-            return None
-        if device.type == "cpu" and triton_interpreted():
-            return None
-        return f"serves CUDA tensors (or CPU tensors with TRITON_INTERPRET=1); got a {device.type} tensor"
-    raise ValueError(f"unknown backend {name!r}; choose one of 'auto', {', '.join(map(repr, BACKENDS))}")
+    return f"serves CUDA tensors (or CPU tensors with TRITON_INTERPRET=1); got a {device.type} tensor"
 
 
-def choose(requested: str, device: torch.device, reason: Callable[[str, torch.device], str | None] = unavailable_reason) -> str:
+REGISTRY: Mapping[str, Backend] = {
+    "triton": Backend("triton", _load_triton, _triton_serves),
+    "cuda": Backend("cuda", _load_extension, _cuda_serves),
+    "cpu": Backend("cpu", _load_extension, _cpu_serves),
+    "reference": Backend("reference", lambda: "the reference has no kernels", lambda device: None),
+}
+BACKENDS = tuple(REGISTRY)
+# Preference order of "auto" per device type.
+AUTO_ORDER = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpu", "reference")}
+
+
+def unavailable_reason(name: str, device: torch.device) -> Optional[str]:
+    """Why backend ``name`` cannot serve a tensor on ``device``; ``None`` when it can."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown backend {name!r}; choose one of 'auto', {', '.join(map(repr, BACKENDS))}")
+    backend = REGISTRY[name]
+    if name != "reference":
+        loaded = backend.load()
+        if isinstance(loaded, str):
+            return loaded
+    return backend.serves(device)
+
+
+def choose(requested: str, device: torch.device,
+           reason: Callable[[str, torch.device], Optional[str]] = unavailable_reason) -> str:
     """Resolve ``requested`` ("auto" or a backend name) for a tensor on ``device``.
 
     ``reason`` is injectable so the selection logic is testable without a GPU.
@@ -108,26 +153,16 @@ def choose(requested: str, device: torch.device, reason: Callable[[str, torch.de
     raise BackendUnavailableError(f"no backend can serve a {device.type} tensor ({listed})")
 
 
-def get(name: str):
-    """The module implementing backend ``name`` (not for ``reference``, which has no primitive ops)."""
-    if name in ("cpu", "cuda"):
-        ext = _extension()
-        if isinstance(ext, str):
-            raise BackendUnavailableError(ext)
-        return ext
-    if name == "triton":
-        mod = _triton_module()
-        if isinstance(mod, str):
-            raise BackendUnavailableError(mod)
-        return mod
-    raise ValueError(f"backend {name!r} has no primitive ops")
+def get(name: str) -> Kernels:
+    """The kernels of backend ``name`` (the reference has none: it is differentiated by autograd)."""
+    if name == "reference" or name not in REGISTRY:
+        raise ValueError(f"backend {name!r} has no kernels")
+    loaded = REGISTRY[name].load()
+    if isinstance(loaded, str):
+        raise BackendUnavailableError(loaded)
+    return loaded
 
 
-def fuses_ratio(name: str) -> bool:
-    """Whether backend ``name`` has the fused power-2 ratio (``ratio``/``ratio_backward``) primitives."""
-    return name != "reference" and hasattr(get(name), "ratio")
-
-
-def availability(device_types=("cpu", "cuda")) -> Mapping[str, Mapping[str, str | None]]:
+def availability(device_types=("cpu", "cuda")) -> Mapping[str, Mapping[str, Optional[str]]]:
     """``{device_type: {backend: reason or None}}`` for ``python -m jafr_kernels.info``."""
     return {d: {b: unavailable_reason(b, torch.device(d)) for b in BACKENDS} for d in device_types}

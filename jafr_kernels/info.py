@@ -10,12 +10,12 @@ from jafr_kernels import __version__, backends
 
 def main() -> int:
     print(f"jafr_kernels {__version__}  torch {torch.__version__}  python {platform.python_version()}")
-    ext = backends._extension()
+    ext = backends.REGISTRY["cpu"].load()
     if isinstance(ext, str):
         print(f"C++ extension: not available: {ext}")
     else:
         print(f"C++ extension: built (CPU path; CUDA path: {'yes' if ext.built_with_cuda() else 'no'})")
-    triton = backends._triton_module()
+    triton = backends.REGISTRY["triton"].load()
     if isinstance(triton, str):
         print(f"Triton: {triton}")
     else:

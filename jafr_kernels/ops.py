@@ -1,9 +1,14 @@
 """The ``jafr`` torch.library namespace: custom ops, their fake (meta) kernels and their autograd.
 
-Every backend's primitives (see :mod:`jafr_kernels.backends`) run behind these ops, so ``torch.compile``
-traces them as opaque nodes and the penalty works inside a double-backprop training step: its backward
-output ``dP/dJ`` flows into the model's double backward. The backward ops themselves are first-order only
-(the penalty never needs its own second derivative); differentiating them again raises.
+Every kernel backend's primitives (:class:`jafr_kernels.backends.Kernels`) run behind these ops, so
+``torch.compile`` traces them as opaque nodes and the penalty works inside a double-backprop training step:
+its backward output ``dP/dJ`` flows into the model's double backward. The backward ops themselves are
+first-order only (the penalty never needs its own second derivative); differentiating them again raises.
+
+The fused ratio, the default path of every penalty call, has a second, lighter route for eager mode: a
+``torch.autograd.Function`` that calls the backend directly (custom-op dispatch costs about as much host
+time as the kernels themselves at Jacobian sizes; see benchmarks/README.md). Compiled code always goes
+through the registered op. Both routes share the same forward/backward functions below.
 """
 from __future__ import annotations
 
@@ -44,35 +49,6 @@ def mean_magnitude(x: Tensor, backend: str) -> Tensor:
 def mean_magnitude_backward(grad: Tensor, x: Tensor, backend: str) -> Tensor:
     """Gradient of ``sum(grad * mean_magnitude(x))`` with respect to x."""
     return backends.get(backend).mean_magnitude_backward(grad, x)
-
-
-@torch.library.custom_op("jafr::band_ratio", mutates_args=())
-def band_ratio(x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, backend: str) -> tuple[Tensor, Tensor]:
-    """Fused power-2 low-band ratio (B,) and per-sample stats (B, 2) ``[max|x_b|, E_all(x_b / max|x_b|)]``.
-
-    Served by backends that implement ``ratio`` (see ``backends.fuses_ratio``); its backward needs only x
-    and the band-passed x, so no spectrum is stored between forward and backward.
-    """
-    return backends.get(backend).ratio(x, weight, q_lo, q_hi)
-
-
-@torch.library.custom_op("jafr::band_ratio_backward", mutates_args=())
-def band_ratio_backward(
-    grad: Tensor, x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, ratio: Tensor, stats: Tensor, backend: str
-) -> Tensor:
-    """Gradient of ``sum(grad * band_ratio(x)[0])`` with respect to x."""
-    return backends.get(backend).ratio_backward(grad, x, weight, q_lo, q_hi, ratio, stats)
-
-
-@band_ratio.register_fake
-def _(x, weight, q_lo, q_hi, backend):
-    acc = accumulate_dtype(x.dtype)
-    return x.new_empty(x.shape[:1], dtype=acc), x.new_empty((x.shape[0], 2), dtype=acc)
-
-
-@band_ratio_backward.register_fake
-def _(grad, x, weight, q_lo, q_hi, ratio, stats, backend):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 @spectral_energy.register_fake
@@ -119,21 +95,95 @@ def _magnitude_backward(ctx, grad):
     return mean_magnitude_backward(grad.contiguous(), x, ctx.backend), None
 
 
-def _ratio_setup(ctx, inputs, output):
-    x, weight, q_lo, q_hi, backend = inputs
-    ratio, stats = output
-    ctx.save_for_backward(x, weight, ratio, stats)
-    ctx.args = (q_lo, q_hi, backend)
-    ctx.mark_non_differentiable(stats)
-
-
-def _ratio_backward(ctx, grad_ratio, grad_stats):
-    x, weight, ratio, stats = ctx.saved_tensors
-    q_lo, q_hi, backend = ctx.args
-    dx = band_ratio_backward(grad_ratio.contiguous(), x, weight, q_lo, q_hi, ratio, stats, backend)
-    return dx, None, None, None, None
-
-
 spectral_energy.register_autograd(_energy_backward, setup_context=_energy_setup)
-band_ratio.register_autograd(_ratio_backward, setup_context=_ratio_setup)
 mean_magnitude.register_autograd(_magnitude_backward, setup_context=_magnitude_setup)
+
+
+# --------------------------------------------------------------------------- fused power-2 ratio
+def _ratio_forward(x, weight, q_lo, q_hi, complement, backend):
+    return backends.get(backend).ratio(x, weight, q_lo, q_hi, complement)
+
+
+def _ratio_grad(grad, x, weight, q_lo, q_hi, complement, value, stats, backend):
+    return backends.get(backend).ratio_backward(grad, x, weight, q_lo, q_hi, complement, value, stats)
+
+
+@torch.library.custom_op("jafr::band_ratio", mutates_args=())
+def band_ratio_op(
+    x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, complement: bool, backend: str
+) -> tuple[Tensor, Tensor]:
+    """Fused power-2 band ratio ``(value (B,), stats (B, 2))``; see ``backends.Kernels.ratio``."""
+    return _ratio_forward(x, weight, q_lo, q_hi, complement, backend)
+
+
+@torch.library.custom_op("jafr::band_ratio_backward", mutates_args=())
+def band_ratio_backward_op(
+    grad: Tensor, x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, complement: bool, value: Tensor,
+    stats: Tensor, backend: str,
+) -> Tensor:
+    """Gradient of ``sum(grad * band_ratio(x)[0])`` with respect to x."""
+    return _ratio_grad(grad, x, weight, q_lo, q_hi, complement, value, stats, backend)
+
+
+@band_ratio_op.register_fake
+def _(x, weight, q_lo, q_hi, complement, backend):
+    acc = accumulate_dtype(x.dtype)
+    return x.new_empty(x.shape[:1], dtype=acc), x.new_empty((x.shape[0], 2), dtype=acc)
+
+
+@band_ratio_backward_op.register_fake
+def _(grad, x, weight, q_lo, q_hi, complement, value, stats, backend):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _ratio_setup(ctx, inputs, output):
+    x, weight, q_lo, q_hi, complement, backend = inputs
+    value, stats = output
+    ctx.save_for_backward(x, weight, value, stats)
+    ctx.args = (q_lo, q_hi, complement, backend)
+    ctx.mark_non_differentiable(stats)
+    ctx.set_materialize_grads(False)  # stats never gets a gradient: no zero tensor is made for it
+
+
+def _ratio_backward(ctx, grad_value, grad_stats):
+    if grad_value is None:
+        return None, None, None, None, None, None
+    x, weight, value, stats = ctx.saved_tensors
+    q_lo, q_hi, complement, backend = ctx.args
+    dx = band_ratio_backward_op(grad_value, x, weight, q_lo, q_hi, complement, value, stats, backend)
+    return dx, None, None, None, None, None
+
+
+band_ratio_op.register_autograd(_ratio_backward, setup_context=_ratio_setup)
+
+
+class _BandRatio(torch.autograd.Function):
+    """The eager route of :func:`band_ratio`: the same forward and backward, without custom-op dispatch."""
+
+    @staticmethod
+    def forward(ctx, x, weight, q_lo, q_hi, complement, backend):
+        value, stats = _ratio_forward(x, weight, q_lo, q_hi, complement, backend)
+        _ratio_setup(ctx, (x, weight, q_lo, q_hi, complement, backend), (value, stats))
+        return value, stats
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_value, grad_stats):
+        if grad_value is None:
+            return None, None, None, None, None, None
+        x, weight, value, stats = ctx.saved_tensors
+        q_lo, q_hi, complement, backend = ctx.args
+        dx = _ratio_grad(grad_value, x, weight, q_lo, q_hi, complement, value, stats, backend)
+        return dx, None, None, None, None, None
+
+
+def band_ratio(x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, complement: bool,
+               backend: str) -> tuple[Tensor, Tensor]:
+    """Fused power-2 band ratio of each sample of x (contiguous): ``(value (B,), stats (B, 2))``.
+
+    value_b = E_band / E_all (or ``complement``: 1 - that, 0 for an all-zero sample); NaN for a sample that
+    holds NaN/Inf. Differentiable in x; eager calls skip custom-op dispatch, compiled code uses ``jafr::band_ratio``.
+    """
+    if torch.compiler.is_compiling():
+        return band_ratio_op(x, weight, q_lo, q_hi, complement, backend)
+    return _BandRatio.apply(x, weight, q_lo, q_hi, complement, backend)

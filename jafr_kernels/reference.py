@@ -35,6 +35,7 @@ __all__ = [
     "freq_penalty",
     "mean_magnitude",
     "official_penalty",
+    "official_from_magnitude",
 ]
 
 Q_MAX = 2**62  # "no upper limit" for the integer squared radius
@@ -173,9 +174,9 @@ def spectral_energy(x: torch.Tensor, mask, power: int = 2) -> torch.Tensor:
 
 
 def _safe_ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    """num / den, 0 (with zero gradient) where den == 0."""
-    nonzero = den > 0
-    return torch.where(nonzero, num / torch.where(nonzero, den, torch.ones_like(den)), torch.zeros_like(num))
+    """num / den, 0 (with zero gradient) where den == 0; NaN stays NaN (a non-finite input is never hidden)."""
+    zero = den == 0
+    return torch.where(zero, torch.zeros_like(num), num / torch.where(zero, torch.ones_like(den), den))
 
 
 def low_freq_ratio(x: torch.Tensor, mask, power: int = 2) -> torch.Tensor:
@@ -213,10 +214,13 @@ def official_penalty(jac: torch.Tensor, max_pow: float = 1.0, eps: float = 1e-5)
     Square planes only (the exponent ramp has K = H//2 + 1 entries along both axes). Minimising it moves
     the batch-mean magnitude spectrum towards low frequencies for ``max_pow > 0``, high for ``max_pow < 0``.
     """
-    h, w = jac.shape[-2:]
-    k = h // 2 + 1
-    m = mean_magnitude(jac)[:k]
-    log_m = torch.log(m + eps)
+    return official_from_magnitude(mean_magnitude(jac), max_pow, eps)
+
+
+def official_from_magnitude(m: torch.Tensor, max_pow: float = 1.0, eps: float = 1e-5) -> torch.Tensor:
+    """The official penalty from a mean magnitude spectrum ``m`` (H, H//2+1) of square planes (any backend's)."""
+    k = m.shape[0] // 2 + 1
+    log_m = torch.log(m[:k] + eps)
     p = torch.linspace(max_pow, -max_pow, k, dtype=m.dtype, device=m.device) + 1e-5
     rows = (log_m * p[None, :]).sum(dim=1)
     cols = (log_m * p[:, None]).sum(dim=0)

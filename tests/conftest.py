@@ -1,4 +1,5 @@
-"""Shared test setup: Triton's interpreter on GPU-less machines, the tolerance table, case generators."""
+"""Shared test setup: Triton's interpreter on GPU-less machines, the tolerance table, case generators, and
+the op recorder that counts computing ops, kernel launches and host reads of tensors."""
 import os
 
 import torch
@@ -36,3 +37,88 @@ def cpp_path(request, monkeypatch):
     """Force each transform path of the C++ backend."""
     monkeypatch.setenv("JAFR_CPP_PATH", request.param)
     return request.param
+
+
+class OpRecorder(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records every aten op that computes (allocations, views and metadata ops left out) and every host read
+    of a tensor value (``_local_scalar_dense``: ``item()``, ``bool()``, ``float()``; ``tolist()``/``numpy()``,
+    which bypass the dispatcher on CPU, are caught by :func:`record_ops`). ``paused`` hides a kernel's own ops
+    (the Triton interpreter copies tensors to NumPy and back)."""
+
+    NOT_COMPUTING = {
+        "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "view", "_unsafe_view", "expand",
+        "as_strided", "t", "transpose", "permute", "reshape", "alias", "detach", "lift_fresh", "squeeze", "unsqueeze",
+        "select", "slice", "view_as_real", "view_as_complex", "_reshape_alias", "unbind", "split", "chunk",
+    }
+    HOST_READS = {"_local_scalar_dense", "item", "is_nonzero", "equal"}
+
+    def __init__(self):
+        super().__init__()
+        self.ops, self.host_reads, self.launches = [], [], []
+        self.paused = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name.split("::")[-1]
+        if not self.paused:
+            if name in self.HOST_READS:
+                self.host_reads.append(name)
+            elif name not in self.NOT_COMPUTING:
+                self.ops.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+class _CountedKernel:
+    """Stands in for a Triton kernel object: records each launch, pausing the recorder while it runs."""
+
+    def __init__(self, kernel, recorder):
+        self.kernel, self.recorder = kernel, recorder
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            fn = getattr(self.kernel, "fn", None)
+            self.recorder.launches.append(getattr(fn, "__name__", repr(self.kernel)))
+            self.recorder.paused = True
+            try:
+                return self.kernel[grid](*args, **kwargs)
+            finally:
+                self.recorder.paused = False
+
+        return launch
+
+
+@pytest.fixture
+def record_ops(monkeypatch):
+    """A context-manager factory: ``with record_ops() as rec:`` records ops, Triton launches and host reads."""
+    import contextlib
+
+    try:
+        from jafr_kernels.kernels import triton_ratio, triton_spectral
+
+        kernel_modules = (triton_ratio, triton_spectral)
+    except Exception:  # no usable Triton here: nothing to wrap
+        kernel_modules = ()
+
+    @contextlib.contextmanager
+    def make():
+        rec = OpRecorder()
+        for module in kernel_modules:
+            for name in dir(module):
+                if name.startswith("_") and name.endswith(("_kernel", "_tuned")):
+                    monkeypatch.setattr(module, name, _CountedKernel(getattr(module, name), rec))
+        active = [True]
+        for method in ("tolist", "numpy"):
+            original = getattr(torch.Tensor, method)
+
+            def read(self, *args, _original=original, _method=method, **kwargs):
+                if active[0] and not rec.paused:
+                    rec.host_reads.append(_method)
+                return _original(self, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, method, read)
+        try:
+            with rec:
+                yield rec
+        finally:
+            active[0] = False
+
+    return make

@@ -207,9 +207,10 @@ def op_samples():
         (ops.spectral_energy_backward, (torch.randn(2, 3), x, None, q_lo, q_hi, 2, "cpu")),
         (ops.mean_magnitude, (x.clone().requires_grad_(), "cpu")),
         (ops.mean_magnitude_backward, (torch.randn(9, 5), x, "cpu")),
-        (ops.band_ratio, (x.clone().requires_grad_(), None, q_lo, q_hi, "cpu")),
-        (ops.band_ratio, (x.clone().requires_grad_(), weights, 0, reference.Q_MAX, "cpu")),
-        (ops.band_ratio_backward, (torch.randn(2), x, None, q_lo, q_hi, *ops.band_ratio(x, None, q_lo, q_hi, "cpu"), "cpu")),
+        (ops.band_ratio_op, (x.clone().requires_grad_(), None, q_lo, q_hi, False, "cpu")),
+        (ops.band_ratio_op, (x.clone().requires_grad_(), weights, 0, reference.Q_MAX, True, "cpu")),
+        (ops.band_ratio_backward_op,
+         (torch.randn(2), x, None, q_lo, q_hi, True, *ops.band_ratio_op(x, None, q_lo, q_hi, True, "cpu"), "cpu")),
     ]
 
 

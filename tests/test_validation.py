@@ -35,7 +35,9 @@ CASES = {
     "formulation": (lambda: jk.freq_penalty(X, formulation="paper"), ValueError, "formulation must be"),
     "unknown backend": (lambda: jk.freq_penalty(X, backend="fast"), ValueError, "unknown backend"),
     "backend cannot serve": (lambda: jk.freq_penalty(X, backend="cuda"), jk.BackendUnavailableError, "cannot serve"),
-    "nan in jacobian": (lambda: jk.freq_penalty(torch.where(torch.arange(8) < 3, math.nan, 1.0).expand(2, 3, 8, 8)), ValueError, "non-finite"),
+    "nan in jacobian, raise": (lambda: jk.freq_penalty(torch.where(torch.arange(8) < 3, math.nan, 1.0).expand(2, 3, 8, 8),
+                                                    nonfinite="raise"), ValueError, "non-finite"),
+    "nonfinite mode": (lambda: jk.freq_penalty(X, nonfinite="skip"), ValueError, "nonfinite must be one of"),
 }
 
 
@@ -54,7 +56,9 @@ def test_nonfinite_count_reported_and_ignorable():
     bad[2, 0, 0, 0] = math.inf
     bad.requires_grad_(True)
     with pytest.raises(ValueError, match="2 non-finite .* in 2 of 4 samples"):
-        jk.freq_penalty(bad)
+        jk.freq_penalty(bad, nonfinite="raise")
+    propagated = jk.freq_penalty(bad, reduction="none")  # the default: NaN for those samples, no exception
+    assert torch.isnan(propagated[1]) and torch.isnan(propagated[2]) and torch.isfinite(propagated[[0, 3]]).all()
     per = jk.freq_penalty(bad, nonfinite="ignore", reduction="none")
     assert torch.isfinite(per).all() and per[1] == 0 and per[2] == 0 and per[0] > 0
     (grad,) = torch.autograd.grad(per.sum(), bad)

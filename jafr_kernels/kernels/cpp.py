@@ -39,10 +39,17 @@ def mean_magnitude_backward(grad, x):
     return _C.mean_magnitude_backward(grad, x)
 
 
-def ratio(x, weight, q_lo, q_hi):
-    """Fused power-2 ratio: ``(ratio (B,), stats (B, 2) = [max|x_b|, E_all(x_b / max|x_b|)])``."""
-    return _C.band_ratio(x, weight, q_lo, q_hi, _path())
+def ratio(x, weight, q_lo, q_hi, complement):
+    """Fused power-2 ratio ``(value (B,), stats (B, 2))`` (interim adapter over the extension's band_ratio)."""
+    import torch
+
+    r, stats = _C.band_ratio(x, weight, q_lo, q_hi, _path())
+    r = torch.where(torch.isnan(stats[:, 0]), float("nan"), r)
+    value = torch.where((stats[:, 1] == 0) & ~torch.isnan(r), 0.0, 1.0 - r) if complement else r
+    return value, stats
 
 
-def ratio_backward(grad, x, weight, q_lo, q_hi, ratio_value, stats):
-    return _C.band_ratio_backward(grad, x, weight, q_lo, q_hi, ratio_value, stats, _path())
+def ratio_backward(grad, x, weight, q_lo, q_hi, complement, value, stats):
+    r = 1.0 - value if complement else value
+    g = -grad if complement else grad
+    return _C.band_ratio_backward(g.contiguous(), x, weight, q_lo, q_hi, r, stats, _path())
