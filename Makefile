@@ -41,9 +41,9 @@ study: setup
 bench: setup
 	$(PYTHON) -m benchmarks $(BENCH_ARGS)
 
-# On a CUDA machine: GPU tests and kernel benchmarks, results written to benchmarks/results/.
-gpu-check: setup
-	bash scripts/gpu_check.sh
+# On a CUDA machine with torch and Triton installed (no pip needed): build, GPU tests, quick benchmarks.
+gpu-check:
+	PYTHON=$$( [ -x $(PYTHON) ] && echo $(PYTHON) || echo python3 ) bash scripts/device_check.sh
 
 info: setup
 	$(PYTHON) -m jafr_kernels.info

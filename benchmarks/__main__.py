@@ -11,6 +11,8 @@ Examples::
     python -m benchmarks                 # full CPU suite (about 10 minutes on 2 cores)
     python -m benchmarks --smoke         # tiny shapes, one round per case (CI)
     python -m benchmarks --gpu           # CUDA suite: all shapes, fp32 and bf16, Triton targets
+    python -m benchmarks --gpu --quick   # the headline freq_penalty cases only (minutes), GPU targets
+    python -m benchmarks --gpu --quick --dry-run   # list the cases, run nothing (works without a GPU)
     python -m benchmarks --only training -k resnet
 """
 from __future__ import annotations
@@ -32,6 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description="jafr_kernels benchmark suite (pytest-benchmark).")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, one round per case, no torch.compile (CI)")
     parser.add_argument("--gpu", action="store_true", help="run on CUDA: unpruned grid, fp32 + bf16, GPU targets")
+    parser.add_argument("--quick", action="store_true", help="with --gpu: the headline freq_penalty cases only "
+                        "(fp32 + bf16; eager, compiled and reference baselines, every GPU backend, the copy floor)")
+    parser.add_argument("--dry-run", action="store_true", help="print the cases that would run, run nothing")
     parser.add_argument("--only", choices=sorted(PARTS), action="append", help="run only these parts (repeatable)")
     parser.add_argument("-k", dest="keyword", default=None, help="pytest -k expression to select cases")
     parser.add_argument("--out", type=Path, default=report.RESULTS_DIR, help="folder for the result files")
@@ -45,7 +50,7 @@ def pytest_args(args, json_path: Path) -> list[str]:
     suite = configs.Suite.make(gpu=args.gpu, smoke=args.smoke)
     r = configs.rounds(suite)
     here = report.HERE
-    files = [str(here / PARTS[p]) for p in (args.only or sorted(PARTS))]
+    files = [str(here / "bench_quick.py")] if args.quick else [str(here / PARTS[p]) for p in (args.only or sorted(PARTS))]
     out = files + [
         f"--rootdir={here.parent}",
         "-o", "python_files=bench_*.py",
@@ -70,6 +75,13 @@ def pytest_args(args, json_path: Path) -> list[str]:
     return out
 
 
+def dry_run_cases(args, suite) -> list:
+    """The cases a run would time (the quick grid, or the kernel grid of the selected suite)."""
+    if args.quick:
+        return configs.quick_cases(suite)
+    return configs.kernel_cases(suite)
+
+
 def main(argv=None) -> int:
     import pytest
     import torch
@@ -78,6 +90,13 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     suite = configs.Suite.make(gpu=args.gpu, smoke=args.smoke)
+    if args.quick and (not args.gpu or args.smoke or args.only):
+        print("--quick goes with --gpu alone (it is the GPU headline grid)", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        for case in dry_run_cases(args, suite):
+            print(case.id)
+        return 0
     if args.gpu and not torch.cuda.is_available():
         print("--gpu needs a CUDA device, but torch.cuda.is_available() is False", file=sys.stderr)
         return 2
@@ -90,10 +109,13 @@ def main(argv=None) -> int:
             print(f"pytest exited with {code} and wrote no benchmark JSON", file=sys.stderr)
             return int(code) or 1
         raw = json.loads(json_path.read_text())
-    results = report.build_results(raw, report.collect_meta(suite))
+    meta = report.collect_meta(suite)
+    meta["quick"] = bool(args.quick)
+    results = report.build_results(raw, meta)
     results["meta"]["wall_s"] = time.perf_counter() - start
     results["meta"]["load_average"] = [load_start, os.getloadavg()[0]]
     results["meta"]["partial"] = bool(args.keyword or args.only)  # a subset never becomes the README's table
+    results["meta"]["quick"] = bool(args.quick)
     results["meta"]["pytest_exit_code"] = int(code)
     path = report.write_results(results, args.out)
     print()

@@ -116,3 +116,45 @@ def run_timed(benchmark, fn, rounds, kind: str, info: dict):
 def quiet_compile_warnings() -> None:
     """Inductor warns that it leaves complex (FFT) ops to eager; that is expected here."""
     warnings.filterwarnings("ignore", message=".*does not support code generation for complex.*")
+
+
+def eager_penalty(h: int, w: int, cutoff: float, device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The ratio penalty as a user writes it in eager PyTorch, with the band and Hermitian weights precomputed."""
+    from jafr_kernels import reference
+
+    hw = reference.hermitian_weight(w, device=device, dtype=torch.float32)
+    low_w = reference.radial_mask(h, w, cutoff, device=device) * hw
+    all_w = hw.expand(h, -1)
+
+    def penalty(jac: torch.Tensor) -> torch.Tensor:
+        power = torch.fft.rfft2(jac.float()).abs().square()  # (B, C, H, W//2+1)
+        low = (power * low_w).sum(dim=(1, 2, 3))
+        total = (power * all_w).sum(dim=(1, 2, 3))
+        return (1 - low / total).mean()
+
+    return penalty
+
+
+def build_quick_call(case: KernelCase, compiled: dict, seed: int = 0) -> Callable[[], object]:
+    """One forward+backward of ``case`` with no synchronisation (the quick benchmark times many back to back)."""
+    x = make_input(case.shape, case.dtype, case.device, seed)
+    if case.impl == "copy":
+        dst = torch.empty_like(x)
+        return lambda: dst.copy_(x)
+    h, w = case.shape[-2:]
+    if case.impl in ("eager", "eager_compiled"):
+        fn = eager_penalty(h, w, case.cutoff, case.device)
+        if case.impl == "eager_compiled":
+            key = (h, w, case.dtype)
+            if key not in compiled:
+                compiled[key] = torch.compile(fn, dynamic=True)
+            fn = compiled[key]
+    else:
+        fn = functools.partial(jk.freq_penalty, cutoff=case.cutoff, backend=case.impl)
+    x.requires_grad_(True)
+
+    def forward_backward():
+        (grad,) = torch.autograd.grad(fn(x), x)
+        return grad
+
+    return forward_backward

@@ -202,6 +202,25 @@ def kernel_cases(suite: Suite) -> list[KernelCase]:
     return cases
 
 
+# The headline cases of ``python -m benchmarks --gpu --quick``: freq_penalty forward+backward, fp32 and bf16.
+QUICK_SHAPES = ((256, 3, 32, 32), (4096, 3, 32, 32), (256, 1, 28, 28), (256, 3, 64, 64), (32, 3, 224, 224))
+# "eager": the penalty a user writes by hand (rfft2, |X|^2, a precomputed weighted mask, sums);
+# "eager_compiled": torch.compile of that function; "reference": jk.freq_penalty(backend="reference").
+QUICK_BASELINES = ("eager", "eager_compiled", "reference")
+
+
+def quick_cases(suite: Suite) -> list[KernelCase]:
+    """The quick grid: every headline shape x dtype x (baselines, GPU backends, copy floor)."""
+    backends = available_backends(suite.torch_device) if suite.device == "cuda" else ["triton", "cuda"]
+    cases = []
+    for dtype in ("fp32", "bf16"):
+        for shape in QUICK_SHAPES:
+            baselines = [b for b in QUICK_BASELINES if b != "eager_compiled" or dtype == "fp32"]  # compile: fp32 only
+            for impl in baselines + list(backends) + ["copy"]:
+                cases.append(KernelCase("freq_penalty", "fwd+bwd", impl, shape, TARGET_CUTOFF, dtype, suite.device))
+    return cases
+
+
 def profile_cases(suite: Suite) -> list[KernelCase]:
     """Where the time goes at the headline shape: eager reference and every extension backend."""
     shape = (4, 3, 32, 32) if suite.smoke else TARGET_SHAPE

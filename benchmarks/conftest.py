@@ -35,6 +35,7 @@ def pytest_generate_tests(metafunc):
         "profile_case": configs.profile_cases,
         "train_case": configs.train_cases,
         "memory_case": configs.memory_cases,
+        "quick_case": configs.quick_cases,
     }
     for name, grid in grids.items():
         if name in metafunc.fixturenames:
@@ -62,3 +63,12 @@ def compiled_cache():
     quiet_compile_warnings()
     return CompiledCache()
 
+
+
+@pytest.fixture(scope="session")
+def quick_compiled():
+    """torch.compile objects of the hand-written eager penalty, one per plane size and dtype."""
+    from benchmarks.calls import quiet_compile_warnings
+
+    quiet_compile_warnings()
+    return {}

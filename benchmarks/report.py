@@ -109,6 +109,79 @@ def derive(rows: list[dict]) -> None:
         r["x_copy_floor"] = t / floor if floor and r["impl"] != "copy" else None
 
 
+def derive_quick(rows: list[dict]) -> None:
+    """Quick rows: per-call time, ratio to the hand-written eager penalty and multiple of the copy floor, in place."""
+    quick = [r for r in rows if r.get("kind") == "quick"]
+    for r in quick:
+        r["per_call_s"] = r["median_s"] / r["calls_per_round"]
+    key = lambda r: (tuple(r["shape"]), r["dtype"])  # noqa: E731
+    eager = {key(r): r["per_call_s"] for r in quick if r["impl"] == "eager"}
+    copies = {key(r): r["per_call_s"] for r in quick if r["impl"] == "copy"}
+    for r in quick:
+        t = r["per_call_s"]
+        r["speedup_vs_eager"] = eager[key(r)] / t if key(r) in eager and t > 0 else None
+        r["x_copy_floor"] = t / copies[key(r)] if key(r) in copies and r["impl"] != "copy" else None
+
+
+def _quick_row(rows, impl: str, shape, dtype: str = "fp32") -> Optional[dict]:
+    for r in rows:
+        if r.get("kind") == "quick" and r["impl"] == impl and tuple(r["shape"]) == tuple(shape) and r["dtype"] == dtype:
+            return r
+    return None
+
+
+def quick_targets(rows: list[dict]) -> list[dict]:
+    """The GPU targets of the fused path, from a quick run."""
+    out = []
+    big, small = configs.GPU_BANDWIDTH_SHAPE, configs.TARGET_SHAPE
+
+    def note(r):
+        if r is None:
+            return "backend unavailable"
+        return (f"{r['per_call_s'] * 1e3:.3f} ms/call, host {r['host_s_per_call'] * 1e6:.0f} us/call, "
+                f"{r['launches_per_call']:.0f} device launches/call")
+
+    for impl, shape, goal in (("triton", big, 10.0), ("triton", small, 5.0), ("cuda", big, 3.0), ("cuda", small, 3.0)):
+        r = _quick_row(rows, impl, shape)
+        out.append(_target(f"{impl} freq_penalty fwd+bwd at {_shape(shape)} fp32 vs hand-written eager penalty (GPU)",
+                           r and r["speedup_vs_eager"], goal, "higher", "x", note(r)))
+    r = _quick_row(rows, "triton", big)
+    out.append(_target(f"triton freq_penalty fwd+bwd at {_shape(big)} fp32, multiple of the copy floor (GPU)",
+                       r and r["x_copy_floor"], 3.0, "lower", "x", note(r)))
+    backend_rows = [r for r in rows if r.get("kind") == "quick" and r["impl"] in ("triton", "cuda")]
+    syncing = sorted({f"{r['impl']} {_shape(r['shape'])} {r['dtype']}" for r in backend_rows if r["host_sync"] != "none"})
+    out.append(_target("GPU backends: calls that synchronise with the host (set_sync_debug_mode('error'))",
+                       float(len(syncing)) if backend_rows else None, 0.0, "lower", "",
+                       ("; ".join(syncing) or "no call synchronised") if backend_rows else "no GPU backend ran"))
+    return out
+
+
+def quick_table(results: dict, dtype: str) -> str:
+    """Per shape: eager time, then each impl's ms/call, speed-up over eager, host us/call and launches/call."""
+    rows = [r for r in results["rows"] if r.get("kind") == "quick" and r["dtype"] == dtype]
+    impls = [i for i in configs.QUICK_BASELINES[1:] + ("triton", "cuda") if any(r["impl"] == i for r in rows)]
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(tuple(r["shape"]), {})[r["impl"]] = r
+    lines = []
+    for shape, by in groups.items():
+        eager, copy = by.get("eager"), by.get("copy")
+        line = [_shape(shape), _fmt(eager and eager["per_call_s"] * 1e3, ".3f"),
+                _fmt(eager and eager["host_s_per_call"] * 1e6, ".0f"), _fmt(eager and eager["launches_per_call"], ".0f")]
+        for i in impls:
+            r = by.get(i)
+            line.append("-" if r is None else (f"{r['per_call_s'] * 1e3:.3f} ms ({r['speedup_vs_eager']:.1f}x), "
+                                                f"{r['host_s_per_call'] * 1e6:.0f} us host, {r['launches_per_call']:.0f} launches"
+                                                + ("" if r["host_sync"] == "none" else ", SYNCS")))
+        line.append(_fmt(copy and copy["per_call_s"] * 1e3, ".3f"))
+        best = min((by[i] for i in ("triton", "cuda") if i in by), key=lambda r: r["per_call_s"], default=None)
+        line.append(_fmt(best and best["x_copy_floor"], ".1f"))
+        lines.append(line)
+    header = (["shape", "eager ms", "eager host us", "eager launches"] + [f"{i}: ms/call (x eager), host, launches" for i in impls]
+              + ["copy floor ms", "best backend / copy floor"])
+    return _table(header, lines)
+
+
 def _train_times(rows: list[dict]) -> dict:
     out: dict = {}
     for r in rows:
@@ -206,6 +279,9 @@ def evaluate_targets(rows: list[dict], meta: dict) -> list[dict]:
 
 def build_results(pytest_json: dict, meta: dict) -> dict:
     rows = rows_from_pytest(pytest_json)
+    if meta.get("quick"):
+        derive_quick(rows)
+        return {"meta": meta, "targets": quick_targets(rows), "rows": rows}
     derive(rows)
     return {"meta": meta, "targets": evaluate_targets(rows, meta), "rows": rows}
 
@@ -306,6 +382,11 @@ def markdown(results: dict, *, full: bool = False) -> str:
     """The report for one results file; ``full`` adds the forward-only and cutoff-0.5 kernel tables."""
     meta = results["meta"]
     parts = [f"Machine: {meta_line(meta)}.", "", "#### Targets", "", targets_table(results), ""]
+    if meta.get("quick"):
+        for dtype in ("fp32", "bf16"):
+            parts += [f"#### freq_penalty forward+backward, cutoff 0.25, {dtype} (quick GPU run)", "",
+                      quick_table(results, dtype), ""]
+        return "\n".join(parts)
     parts += ["#### Kernels, forward+backward, cutoff 0.25, fp32 (speed-up over the eager reference)", "", kernel_table(results, mode="fwd+bwd"), ""]
     if full:
         parts += ["#### Kernels, forward only, cutoff 0.25, fp32", "", kernel_table(results, mode="fwd"), ""]
@@ -322,7 +403,7 @@ def markdown(results: dict, *, full: bool = False) -> str:
 # --------------------------------------------------------------------------- files
 def result_stem(meta: dict) -> str:
     stamp = meta["created"].replace("-", "").replace(":", "").replace("T", "-").rstrip("Z")
-    kind = "smoke-" if meta["smoke"] else ""
+    kind = "smoke-" if meta["smoke"] else ("quick-" if meta.get("quick") else "")
     return f"{kind}{meta['device']}-{stamp}-{meta['git_revision'][:8]}"
 
 
@@ -339,7 +420,7 @@ def write_results(results: dict, out_dir: Path) -> Path:
 def latest(out_dir: Path, device: str) -> Optional[dict]:
     """The newest full results (not smoke, not a ``--only`` / ``-k`` subset) for ``device`` in ``out_dir``, or None."""
     best = None
-    for path in out_dir.glob(f"{device}-*.json"):
+    for path in [*out_dir.glob(f"{device}-*.json"), *out_dir.glob(f"quick-{device}-*.json")]:
         data = json.loads(path.read_text())
         if data["meta"]["smoke"] or data["meta"].get("partial"):
             continue

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Device check: everything a lent GPU machine can tell us, in one short run (target: under 8 minutes on an
+# H100/H200). For a machine that already has torch and Triton installed and no network: nothing is
+# pip-installed. Steps, each under its own time limit so one slow step cannot eat the others':
+#
+#   1. build the C++/CUDA extension in place against the installed torch, for the visible GPU's
+#      architecture (TORCH_CUDA_ARCH_LIST from the device);
+#   2. the GPU tests: tests/test_gpu.py (cuda and triton backends through the public API, sync-free default
+#      path, launch counts) and tests/test_triton_ratio.py on the compiled kernels (pytest-xdist when present);
+#   3. python -m benchmarks --gpu --quick: the headline freq_penalty cases, results as JSON + markdown named
+#      after the device;
+#   4. tests/test_triton.py on the compiled kernels (the energy and magnitude kernels);
+#   and last, the quick run's targets table.
+#
+# Usage: scripts/device_check.sh. Environment: PYTHON (default python3), RESULTS_DIR (default
+# benchmarks/results), BUILD_TIMEOUT / TEST_TIMEOUT / TRITON_TIMEOUT / BENCH_TIMEOUT in seconds
+# (150 / 150 / 120 / 150),
+# DRY_RUN=1 to print the commands instead of running them (works without a GPU).
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+RESULTS_DIR="${RESULTS_DIR:-benchmarks/results}"
+BUILD_TIMEOUT="${BUILD_TIMEOUT:-150}"
+TEST_TIMEOUT="${TEST_TIMEOUT:-150}"
+BENCH_TIMEOUT="${BENCH_TIMEOUT:-150}"
+TRITON_TIMEOUT="${TRITON_TIMEOUT:-120}"
+DRY_RUN="${DRY_RUN:-0}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+export PYTHONUNBUFFERED=1
+unset TRITON_INTERPRET  # compiled kernels only
+
+if [ "$DRY_RUN" != "1" ] && ! "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    echo "device_check: no CUDA device is visible to torch ($PYTHON); this script needs a GPU machine" >&2
+    exit 2
+fi
+
+if [ "$DRY_RUN" = "1" ]; then
+    arch="9.0"
+    device="dry-run"
+else
+    arch="$("$PYTHON" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability(0))")"
+    device="$("$PYTHON" -c "import torch; print(torch.cuda.get_device_name(0))" | tr -c 'A-Za-z0-9._\n-' '_')"
+fi
+stamp="$(date -u +%Y%m%dT%H%M%SZ)"
+mkdir -p "$RESULTS_DIR"
+log="$RESULTS_DIR/device-check-${device}-${stamp}.log"
+status=0
+xdist=""
+if "$PYTHON" -c "import xdist" 2>/dev/null; then xdist="-n 8"; fi
+timeout_opt=""
+if "$PYTHON" -c "import pytest_timeout" 2>/dev/null; then timeout_opt="--timeout=120"; fi
+
+step() {  # step <name> <seconds> <command...>: run with a time limit, log it, remember failures
+    local name="$1" limit="$2"
+    shift 2
+    echo "\$ $*" | tee -a "$log"
+    if [ "$DRY_RUN" = "1" ]; then return 0; fi
+    local start=$SECONDS
+    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$log"
+    local rc=${PIPESTATUS[0]}
+    echo "[$name: exit $rc after $((SECONDS - start)) s$([ "$rc" -eq 124 ] && echo ", stopped at its ${limit} s limit")]" | tee -a "$log"
+    [ "$rc" -eq 0 ] || status=1
+}
+
+{
+    echo "# device_check on ${device} (compute capability ${arch}) at ${stamp}"
+    [ "$DRY_RUN" = "1" ] || "$PYTHON" -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+    git rev-parse --short HEAD 2>/dev/null | sed 's/^/git /'
+} | tee "$log"
+
+step build "$BUILD_TIMEOUT" env TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="${MAX_JOBS:-8}" JAFR_FORCE_CUDA=1 \
+    "$PYTHON" setup.py -q build_ext --inplace
+step gpu-tests "$TEST_TIMEOUT" env JAFR_TRITON_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -rs -s -p no:cacheprovider \
+    $xdist $timeout_opt tests/test_gpu.py tests/test_triton_ratio.py
+step bench "$BENCH_TIMEOUT" "$PYTHON" -m benchmarks --gpu --quick --no-readme --out "$RESULTS_DIR"
+step triton-tests "$TRITON_TIMEOUT" env JAFR_TRITON_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -rs -p no:cacheprovider \
+    $xdist $timeout_opt tests/test_triton.py
+
+echo "device_check: $([ $status -eq 0 ] && echo passed || echo FAILED); log: $log" | tee -a "$log"
+quick="$(ls -t "$RESULTS_DIR"/quick-cuda-*.md 2>/dev/null | head -n 1)"
+if [ -n "$quick" ]; then  # end with the targets table of this run's quick benchmark
+    sed -n '/^#### Targets/,/^#### freq_penalty/p' "$quick" | sed '$d' | tee -a "$log"
+fi
+exit $status
