@@ -40,6 +40,49 @@ int64_t isqrt_floor(int64_t n) {
   return r;
 }
 
+// ---------------------------------------------------------------------------------------------- constant tables
+// Twiddle and band tables, cached under keys made only of host integers (sizes, frequency ranges, band limits,
+// dtype, device) and built on the target device (no host->device copy, no host read): after the first call of
+// a size a call costs a map lookup.
+std::mutex table_mutex;
+std::map<std::string, at::Tensor>& table_cache() {
+  static auto* cache = new std::map<std::string, at::Tensor>();  // never destroyed: outlives CUDA teardown
+  return *cache;
+}
+
+template <class Build>
+at::Tensor cached_table(const std::string& key, Build build) {
+  {
+    const std::lock_guard<std::mutex> lock(table_mutex);
+    const auto it = table_cache().find(key);
+    if (it != table_cache().end()) return it->second;
+  }
+  at::Tensor t = build();
+  const std::lock_guard<std::mutex> lock(table_mutex);
+  if (table_cache().size() > 256) table_cache().clear();  // bounded: a training run touches a handful of sizes
+  table_cache().emplace(key, t);
+  return t;
+}
+
+std::string table_key(const char* kind, std::initializer_list<int64_t> ints, const at::TensorOptions& opts) {
+  std::string key = kind;
+  for (const int64_t i : ints) key += "/" + std::to_string(i);
+  return key + "/" + c10::toString(opts.dtype().toScalarType()) + "/" + opts.device().str();
+}
+
+// The lookup table h_v m of the bins: for a radial band cached under its host integers (built once, by a stage
+// of the device); for a CPU weight map built per call (cheap, U V entries); none for a device weight map
+// (building it each call would cost a launch: the stages then read the map itself).
+void attach_table(Bins& b, const at::Tensor& x, const Stages& st) {
+  if (b.empty()) return;
+  const auto opts = x.options().dtype(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  if (!b.weight.defined())
+    b.table = cached_table(table_key("band", {b.H, b.W, b.ur, b.V, b.q_lo, b.q_hi}, opts),
+                           [&] { return st.band_table(b, opts); });
+  else if (b.weight.is_cpu())
+    b.table = st.band_table(b, opts);
+}
+
 // Which bins a call needs and how it transforms them. A radial band r <= r_hi touches the rows |u| <= ur
 // and columns v < V given by q_hi alone. A weight map's support is read only for CPU tensors (for a device
 // tensor that would be a host-device synchronisation): on CUDA every bin is kept. The band ratio (`ratio`)
@@ -83,6 +126,7 @@ Bins make_bins(const at::Tensor& x, const c10::optional<at::Tensor>& weight_opt,
   const bool small = b.H <= kFusedMaxSide && b.W <= kFusedMaxSide;
   if (ratio && (path == kFused || (path == kAuto && st.fused_by_default && small))) {
     b.fused = true;
+    attach_table(b, x, st);
     return b;
   }
   // Real multiply-adds per plane: the partial transform (forward) vs a full real FFT (~2.5 N log2 N flops,
@@ -94,37 +138,8 @@ Bins make_bins(const at::Tensor& x, const c10::optional<at::Tensor>& weight_opt,
     b.ur = H / 2;
     b.V = Wr;
   }
+  attach_table(b, x, st);
   return b;
-}
-
-// ---------------------------------------------------------------------------------------------- constant tables
-// Twiddle tables, cached under keys made only of host integers (sizes, frequency ranges, dtype, device), and
-// built on the target device with ATen (no host->device copy, no host read): after the first call of a size a
-// call costs one map lookup.
-std::mutex table_mutex;
-std::map<std::string, at::Tensor>& table_cache() {
-  static auto* cache = new std::map<std::string, at::Tensor>();  // never destroyed: outlives CUDA teardown
-  return *cache;
-}
-
-template <class Build>
-at::Tensor cached_table(const std::string& key, Build build) {
-  {
-    const std::lock_guard<std::mutex> lock(table_mutex);
-    const auto it = table_cache().find(key);
-    if (it != table_cache().end()) return it->second;
-  }
-  at::Tensor t = build();
-  const std::lock_guard<std::mutex> lock(table_mutex);
-  if (table_cache().size() > 256) table_cache().clear();  // bounded: a training run touches a handful of sizes
-  table_cache().emplace(key, t);
-  return t;
-}
-
-std::string table_key(const char* kind, std::initializer_list<int64_t> ints, const at::TensorOptions& opts) {
-  std::string key = kind;
-  for (const int64_t i : ints) key += "/" + std::to_string(i);
-  return key + "/" + c10::toString(opts.dtype().toScalarType()) + "/" + opts.device().str();
 }
 
 // (2, F, n) = [cos; -sin](2 pi f t / n) for t < n and the frequencies f in [0, a_end) then [b_begin, b_end).
@@ -313,7 +328,7 @@ at::Tensor band_ratio_backward(const at::Tensor& grad, const at::Tensor& x, cons
     const at::Tensor xs = std::get<0>(st.scale(xc, sts, false));
     const at::Tensor spec = at::view_as_real(at::fft_rfft2(xs)).contiguous();
     // N irfft2(G) = Re(sum h_v G e^{+i..}): the mask is symmetric, so G's edge columns are Hermitian.
-    const at::Tensor gs = st.ratio_grad(spec, 0, b, C, g, val, sts, complement, static_cast<double>(H * W), false, 0);
+    const at::Tensor gs = st.ratio_grad(spec, 0, b, C, g, val, sts, complement, static_cast<double>(H * W), false);
     const at::Tensor syn = at::fft_irfft2(at::view_as_complex(gs), at::IntArrayRef({H, W}));
     return st.ratio_combine(syn, false, xc, g, val, sts, complement);
   }
@@ -323,7 +338,7 @@ at::Tensor band_ratio_backward(const at::Tensor& grad, const at::Tensor& x, cons
   const at::Tensor xs = std::get<0>(st.scale(xc, sts, true));
   const at::Tensor y = at::mm(xs.view({H * P, W}), cwg);
   const at::Tensor z = at::mm(rwg.t(), y.view({H, P * Vp}));
-  const at::Tensor s = st.ratio_grad(z, Vp, b, C, g, val, sts, complement, 1.0, true, Vp);
+  const at::Tensor s = st.ratio_grad(z, Vp, b, C, g, val, sts, complement, 1.0, true);
   const at::Tensor q = at::mm(rwg, s.view({2 * b.U(), P * Vp}));
   const at::Tensor syn = at::mm(q.view({H * P, Vp}), cwg.t());
   return st.ratio_combine(syn, true, xc, g, val, sts, complement);

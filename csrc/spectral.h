@@ -34,6 +34,7 @@ struct Bins {
   int64_t V = 0;   // columns v < V
   int64_t q_lo = 0, q_hi = 0;
   at::Tensor weight;  // (H, W/2+1) weight map in the compute dtype, contiguous; undefined for a radial band
+  at::Tensor table;   // (U, V) h_v m on the transformed bins, or undefined (then computed per bin)
   bool fused = false;  // band ratio: the fused per-sample routine
   bool full = false;   // otherwise: rfft2 rather than the partial DFT
 
@@ -42,14 +43,22 @@ struct Bins {
   bool empty() const { return V == 0 || U() == 0; }  // the mask selects no bin
   template <typename T>
   Band<T> band() const {
-    return Band<T>{static_cast<int>(H), static_cast<int>(W), rows(), static_cast<int>(V), q_lo, q_hi,
-                   weight.defined() ? weight.data_ptr<T>() : nullptr};
+    return Band<T>{static_cast<int>(H),
+                   static_cast<int>(W),
+                   rows(),
+                   static_cast<int>(V),
+                   q_lo,
+                   q_hi,
+                   weight.defined() ? weight.data_ptr<T>() : nullptr,
+                   table.defined() ? table.data_ptr<T>() : nullptr};
   }
 };
 
 // The per-device stages the host logic composes. Spectra are (P, U, V, 2) in the compute dtype; stats are
 // (B, 2) = [e, E_all(x 2^e)]; grad vectors may have any stride.
 struct Stages {
+  // (U, V) lookup table h_v m of the bins (bins.table undefined), in `dtype`.
+  at::Tensor (*band_table)(const Bins& bins, const at::TensorOptions& opts);
   // Whether path `auto` runs the band ratio as the fused routine on planes up to kFusedMaxSide: on CUDA (one
   // launch each way); not on the CPU, where the GEMM path is faster than the serial per-sample routine.
   bool fused_by_default;
@@ -67,12 +76,13 @@ struct Stages {
   // and the stats.
   at::Tensor (*ratio_value)(const at::Tensor& spec, int64_t spec_Vp, const Bins& bins, int64_t C,
                             const at::Tensor& stats, bool complement);
-  // The ratio's band gradient k_b * scale * (hermitian ? h_v : 1) * m * 2X before synthesis: canonical
-  // (P, U, V, 2) when out_Vp == 0, else the partial adjoint's GEMM operand (2U, P, out_Vp).
+  // The ratio's band gradient k_b * scale * (hermitian ? h_v : 1) * m * 2X before synthesis, written over
+  // `spec` (returned) in its layout: canonical, or the partial adjoint's GEMM operand (2U, P, Vp).
   at::Tensor (*ratio_grad)(const at::Tensor& spec, int64_t spec_Vp, const Bins& bins, int64_t C,
                            const at::Tensor& grad, const at::Tensor& value, const at::Tensor& stats, bool complement,
-                           double scale, bool hermitian, int64_t out_Vp);
-  // dx (B, C, H, W) in x's dtype from the synthesised band gradient syn ((P, H, W), or (H, P, W) with `hpw`).
+                           double scale, bool hermitian);
+  // dx (B, C, H, W) in x's dtype from the synthesised band gradient syn ((P, H, W), or (H, P, W) with `hpw`);
+  // written over syn when layouts and dtypes agree.
   at::Tensor (*ratio_combine)(const at::Tensor& syn, bool hpw, const at::Tensor& x, const at::Tensor& grad,
                               const at::Tensor& value, const at::Tensor& stats, bool complement);
   // The fused ratio, forward (value, stats) and backward (dx); cw (2, V, W) and rw (2, U, H) twiddles.

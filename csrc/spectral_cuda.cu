@@ -66,6 +66,14 @@ struct CudaBlock {
     for (int k = threadIdx.x; k < n; k += blockDim.x) f(k / cols, k % cols);
 #endif
   }
+  // Runs of one cell each, by flat index (coalesced: consecutive threads take consecutive columns).
+  template <class F>
+  JAFR_HD void for_rows(int rows, int cols, F&& f) const {
+#ifdef __CUDA_ARCH__
+    const int n = rows * cols;
+    for (int k = threadIdx.x; k < n; k += blockDim.x) f(k / cols, k % cols, k % cols + 1);
+#endif
+  }
   JAFR_HD void sync() const {
 #ifdef __CUDA_ARCH__
     __syncthreads();

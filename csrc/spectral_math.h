@@ -6,8 +6,9 @@
 // plane or a sample) with the threads of a `Block`. The CUDA launcher runs one thread block per item (the
 // routine's loops stride over blockDim.x threads, `block.sync()` is __syncthreads(), `work` is shared
 // memory); the CPU launcher runs the very same routine with a `SerialBlock` (one thread, no-op sync, a
-// scratch vector) inside at::parallel_for. The CPU tests therefore execute the arithmetic and the index
-// decomposition of the CUDA kernels; only the thread interleaving differs.
+// scratch vector) inside at::parallel_for. The CPU tests therefore execute the CUDA kernels' arithmetic (the
+// same per-output code and reduction operands); only the thread interleaving and the order in which a
+// block walks its outputs differ (Block::for_2d).
 //
 // Notation (see jafr_kernels/reference.py): x real (B, C, H, W), X = rfft2(x) unnormalised, N = H W,
 // h_v the Hermitian weight, m the mask, E_m = sum h_v m |X|^p, rho_b = sum_c E_low / E_all (p = 2).
@@ -27,18 +28,14 @@
 #define JAFR_HD inline
 #endif
 
-// Host-only vectorisation hint for the inner dot products (ignored by the device pass).
+// Host-only vectorisation hints for the dot products and reductions (empty in the device pass).
 #if defined(__CUDA_ARCH__)
-#define JAFR_SIMD
 #define JAFR_SIMD_SUM(...)
 #define JAFR_SIMD_MAX(...)
-#define JAFR_SIMD_MAX_SUM(m, s)
 #else
 #define JAFR_PRAGMA(x) _Pragma(#x)
-#define JAFR_SIMD JAFR_PRAGMA(omp simd)
 #define JAFR_SIMD_SUM(...) JAFR_PRAGMA(omp simd reduction(+ : __VA_ARGS__))
 #define JAFR_SIMD_MAX(...) JAFR_PRAGMA(omp simd reduction(max : __VA_ARGS__))
-#define JAFR_SIMD_MAX_SUM(m, s) JAFR_PRAGMA(omp simd reduction(max : m) reduction(+ : s))
 #endif
 
 namespace jafr {
@@ -52,18 +49,6 @@ JAFR_HD T abs_value(T x) {
 template <typename T>
 JAFR_HD T quiet_nan() {
   return T(NAN);
-}
-
-// Largest finite value of the compute dtype.
-template <typename T>
-JAFR_HD T max_finite();
-template <>
-JAFR_HD float max_finite<float>() {
-  return FLT_MAX;
-}
-template <>
-JAFR_HD double max_finite<double>() {
-  return DBL_MAX;
 }
 
 JAFR_HD bool is_finite(double x) { return abs_value(x) <= DBL_MAX; }  // false for NaN and +-Inf
@@ -112,7 +97,9 @@ struct RowSet {
 };
 
 // The bins a call transforms (rows x columns 0..V-1 of an H x W plane) and the mask on them: the weight map
-// (H, W/2+1) when given, else the radial band q_lo <= q <= q_hi.
+// (H, W/2+1) when given, else the radial band q_lo <= q <= q_hi. `table`, when set, holds h_v m on the
+// transformed bins (U, V), built once from these same functions by BandTableRoutine: a lookup instead of
+// the radius arithmetic per bin and plane.
 template <typename T>
 struct Band {
   int H, W;
@@ -120,15 +107,23 @@ struct Band {
   int V;
   int64_t q_lo, q_hi;
   const T* weight;
+  const T* table;
 
   JAFR_HD int U() const { return rows.count(); }
+  // m at frequency (u, v).
   JAFR_HD T mask(int u, int v) const {
     if (weight != nullptr) return weight[static_cast<int64_t>(u) * (W / 2 + 1) + v];
     const int64_t q = squared_radius(u, v, H, W);
     return (q >= q_lo && q <= q_hi) ? T(1) : T(0);
   }
-  // h_v m_uv: the factor of |X_uv|^2 in a half-spectrum energy.
-  JAFR_HD T energy_weight(int u, int v) const { return hermitian_weight<T>(v, W) * mask(u, v); }
+  // h_v m at bin (i, v), i the row's index in `rows`: the factor of |X|^2 in a half-spectrum energy.
+  JAFR_HD T energy_weight(int i, int v) const {
+    return table != nullptr ? table[i * V + v] : hermitian_weight<T>(v, W) * mask(rows.row(i), v);
+  }
+  // m at bin (i, v) (h_v is 1 or 2, so dividing the table entry by it is exact).
+  JAFR_HD T mask_at(int i, int v) const {
+    return table != nullptr ? table[i * V + v] / hermitian_weight<T>(v, W) : mask(rows.row(i), v);
+  }
 };
 
 // ------------------------------------------------------------------------------------------ per-sample scaling
@@ -182,8 +177,10 @@ struct RatioGrad {
 
 // ------------------------------------------------------------------------------------------ blocks
 // A Block is the group of threads that runs one item of a routine: thread()/threads() for strided loops,
-// for_2d(rows, cols, f) to call f(r, c) once for every output of a rows x cols grid (split over the
-// threads), sync() as a barrier, and sum/max reductions whose result every thread receives.
+// for_2d(rows, cols, f) to call f(r, c) once for every cell of a rows x cols grid (split over the threads),
+// for_rows(rows, cols, f) to call f(r, c_begin, c_end) on runs of cells that together cover the grid once
+// (whole rows on the CPU, so the run's loop vectorises; single cells on CUDA), sync() as a barrier, and
+// sum/max reductions whose result every thread receives.
 //
 // The serial block of the CPU launcher: one thread, nothing to synchronise or reduce; grids are walked
 // row by row (the CUDA block walks them by flat index, k -> (k / cols, k % cols)).
@@ -194,6 +191,10 @@ struct SerialBlock {
   JAFR_HD void for_2d(int rows, int cols, F&& f) const {
     for (int r = 0; r < rows; ++r)
       for (int c = 0; c < cols; ++c) f(r, c);
+  }
+  template <class F>
+  JAFR_HD void for_rows(int rows, int cols, F&& f) const {
+    for (int r = 0; r < rows; ++r) f(r, 0, cols);
   }
   JAFR_HD void sync() const {}
   JAFR_HD double sum(double v) const { return v; }
@@ -208,6 +209,20 @@ struct SerialBlock {
 // Compute dtype of an input dtype: fp64 for fp64, else fp32.
 template <typename in_t>
 using acc_type = typename std::conditional<std::is_same<in_t, double>::value, double, float>::type;
+
+// The band's lookup table (U, V) = h_v m from the band's own functions (band.table must be null). Item: row i.
+template <typename T>
+struct BandTableRoutine {
+  Band<T> band;
+  T* out;
+
+  static int64_t work_elems() { return 0; }
+  template <class Block>
+  JAFR_HD void operator()(int64_t i, const Block& blk, T*) const {
+    for (int v = blk.thread(); v < band.V; v += blk.threads())
+      out[i * band.V + v] = band.energy_weight(static_cast<int>(i), v);
+  }
+};
 
 // E[p] = sum_{i, v} h_v m |X|^p. Item: plane p.
 template <typename T>
@@ -224,7 +239,7 @@ struct EnergyRoutine {
     const T* s = spec + p * U * V * 2;
     double acc = 0.0;  // double sums: up to ~1e5 bins stay far below fp32 rounding
     blk.for_2d(U, V, [&](int i, int v) {
-      const T w = band.energy_weight(band.rows.row(i), v);
+      const T w = band.energy_weight(i, v);
       const int k = i * V + v;
       if (w != T(0)) acc += static_cast<double>(w * bin_energy(s[2 * k], s[2 * k + 1], power));
     });
@@ -253,8 +268,8 @@ struct EnergyGradRoutine {
     const T* s = spec + p * U * V * 2;
     T* o = out + p * U * V * 2;
     blk.for_2d(U, V, [&](int i, int v) {
-      const int u = band.rows.row(i), k = i * V + v;
-      const T m = hermitian ? band.energy_weight(u, v) : band.mask(u, v);
+      const int k = i * V + v;
+      const T m = hermitian ? band.energy_weight(i, v) : band.mask_at(i, v);
       bin_energy_grad(s[2 * k], s[2 * k + 1], coef * m, power, o + 2 * k, o + 2 * k + 1);
     });
   }
@@ -310,24 +325,6 @@ JAFR_HD double sample_max_abs(const in_t* xb, int64_t n, const Block& blk) {
   return blk.max(static_cast<double>(m));
 }
 
-// Max |x| and (for fp32 compute) sum x^2 in double over a sample's n values, reduced over the block. NaN
-// values are skipped by the max (the comparison is false) and reach E_all through the sum instead. In double,
-// x^2 of any fp32 value (subnormal included) is a normal number, so the fp32 sum needs no scaling.
-template <typename in_t, class Block>
-JAFR_HD void sample_max_sumsq(const in_t* xb, int64_t n, const Block& blk, double* max_abs, double* sumsq) {
-  using M = acc_type<in_t>;
-  M m = 0;
-  double s2 = 0.0;
-  JAFR_SIMD_MAX_SUM(m, s2)
-  for (int64_t k = blk.thread(); k < n; k += blk.threads()) {
-    const M a = abs_value(static_cast<M>(xb[k]));
-    m = a > m ? a : m;
-    s2 += static_cast<double>(a) * static_cast<double>(a);
-  }
-  *max_abs = blk.max(static_cast<double>(m));
-  *sumsq = blk.sum(s2);
-}
-
 // x' = x 2^e in T, as (P, H, W) or (H, P, W) (`hpw`) planes, and stats [e, N sum x'^2] (NaN for a sample
 // holding NaN/Inf). With `stats_in`, e is taken from it (the backward reuses the forward's scale) and
 // `stats` is not written. Item: sample b.
@@ -346,28 +343,34 @@ struct ScaleRoutine {
   JAFR_HD void operator()(int64_t b, const Block& blk, T*) const {
     const int64_t n = static_cast<int64_t>(C) * H * W, N = static_cast<int64_t>(H) * W;
     const in_t* xb = x + b * n;
-    constexpr bool kWide = std::is_same<T, double>::value;  // fp64: sum x'^2 after scaling (x^2 may overflow)
     int e = 0;
-    double m = 0.0, sumsq = 0.0;
+    bool finite = true;
     if (stats_in != nullptr) {
       e = static_cast<int>(stats_in[2 * b]);
     } else {
-      sample_max_sumsq(xb, n, blk, &m, &sumsq);
-      e = is_finite(m) ? pow2_exponent(m) : 0;
+      const double m = sample_max_abs(xb, n, blk);
+      finite = is_finite(m);
+      e = finite ? pow2_exponent(m) : 0;
     }
     const Pow2<T> s(e);
-    double sumsq_scaled = 0.0;
-    blk.for_2d(C * H, W, [&](int ch, int w) {
-      const T v = s.apply(static_cast<T>(xb[static_cast<int64_t>(ch) * W + w]));
-      xs[plane_row_offset(b * C + ch / H, ch % H, P, H, W, hpw) + w] = v;
-      if (kWide) sumsq_scaled += static_cast<double>(v) * v;
+    double sumsq = 0.0;  // NaN if the sample holds NaN
+    blk.for_rows(C * H, W, [&](int ch, int w0, int w1) {
+      const in_t* src = xb + static_cast<int64_t>(ch) * W;
+      T* dst = xs + plane_row_offset(b * C + ch / H, ch % H, P, H, W, hpw);
+      T part = 0;  // |x'| <= 1: a row's partial sum is exact to fp32 rounding
+      JAFR_SIMD_SUM(part)
+      for (int w = w0; w < w1; ++w) {
+        const T v = s.apply(static_cast<T>(src[w]));
+        dst[w] = v;
+        part += v * v;
+      }
+      sumsq += static_cast<double>(part);
     });
     if (stats_in != nullptr) return;
-    if (kWide) sumsq_scaled = blk.sum(sumsq_scaled);
+    sumsq = blk.sum(sumsq);
     if (blk.thread() == 0) {
-      const double e_all = static_cast<double>(N) * (kWide ? sumsq_scaled : ldexp(sumsq, 2 * e));
       stats[2 * b] = static_cast<T>(e);
-      stats[2 * b + 1] = is_finite(m) ? static_cast<T>(e_all) : quiet_nan<T>();  // e_all is NaN if x held NaN
+      stats[2 * b + 1] = finite ? static_cast<T>(static_cast<double>(N) * sumsq) : quiet_nan<T>();
     }
   }
 };
@@ -412,7 +415,7 @@ struct RatioValueRoutine {
     double acc = 0.0;
     blk.for_2d(C * U, V, [&](int ci, int v) {
       const int i = ci % U;
-      const T w = band.energy_weight(band.rows.row(i), v);
+      const T w = band.energy_weight(i, v);
       if (w == T(0)) return;
       T re, im;
       spec.get(b * C + ci / U, i, v, &re, &im);
@@ -424,10 +427,11 @@ struct RatioValueRoutine {
 };
 
 // The ratio's band gradient before synthesis, G = k_b * scale * (hermitian ? h_v : 1) * m * 2X for the planes
-// of sample b. Written canonical (P, U, V, 2) when out_Vp == 0 (scale N, no h_v: for irfft2), else as the
-// partial adjoint's GEMM operand s (2U, P, Vp) = [[Gr, Gi, 0], [Gi, -Gr, 0]] per plane (rows i then U + i,
-// columns v, V + v, zero padding), so that rwg (H, 2U) @ s then @ cwg^T synthesise Re(sum h_v G e^{+i..}).
-// Item: sample b.
+// of sample b, written in place over the spectrum it reads, in the same layout: canonical (P, U, V, 2)
+// (scale N, no h_v: for irfft2), or the partial DFT's GEMM layout (2U, P, Vp), where it becomes the adjoint's
+// GEMM operand s = [[Gr, Gi, 0], [Gi, -Gr, 0]] per plane (rows i then U + i, columns v, V + v, padding) so that
+// rwg (H, 2U) @ s then @ cwg^T synthesise Re(sum h_v G e^{+i..}). Each bin's reads and writes touch the same
+// entries (two for canonical, four for GEMM), so working in place is safe. Item: sample b.
 template <typename T>
 struct RatioGradRoutine {
   SpecView<T> spec;
@@ -440,46 +444,46 @@ struct RatioGradRoutine {
   bool complement;
   T scale;
   bool hermitian;
-  int out_Vp;
-  T* out;
+  T* out;  // spec.data
 
   static int64_t work_elems() { return 0; }
   template <class Block>
   JAFR_HD void operator()(int64_t b, const Block& blk, T*) const {
-    const int U = band.U(), V = band.V;
+    const int U = band.U(), V = band.V, Vp = spec.Vp;
     const int64_t P = spec.P;
     const T k = RatioGrad<T>(grad[b * grad_stride], value[b], stats[2 * b + 1], complement,
                              static_cast<int64_t>(band.H) * band.W)
                     .k;
     blk.for_2d(C * U, V, [&](int ci, int v) {
-      const int i = ci % U, u = band.rows.row(i);
+      const int i = ci % U;
       const int64_t p = b * C + ci / U;
       T re, im, gr, gi;
       spec.get(p, i, v, &re, &im);
-      const T m = hermitian ? band.energy_weight(u, v) : band.mask(u, v);
+      const T m = hermitian ? band.energy_weight(i, v) : band.mask_at(i, v);
       bin_energy_grad(re, im, k * scale * m, 2, &gr, &gi);
-      if (out_Vp == 0) {
+      if (Vp == 0) {
         T* o = out + ((p * U + i) * V + v) * 2;
         o[0] = gr;
         o[1] = gi;
       } else {
-        T* c = out + (static_cast<int64_t>(i) * P + p) * out_Vp;
-        T* sn = out + (static_cast<int64_t>(U + i) * P + p) * out_Vp;
+        T* c = out + (static_cast<int64_t>(i) * P + p) * Vp;
+        T* sn = out + (static_cast<int64_t>(U + i) * P + p) * Vp;
         c[v] = gr;
         c[V + v] = gi;
         sn[v] = gi;
         sn[V + v] = -gr;
       }
     });
-    if (out_Vp > 2 * V)
-      blk.for_2d(2 * U * C, out_Vp - 2 * V, [&](int rc, int j) {
-        out[(static_cast<int64_t>(rc / C) * P + b * C + rc % C) * out_Vp + 2 * V + j] = T(0);
+    if (Vp > 2 * V)  // z's padding columns are already zero (the column factor's are); kept exact regardless
+      blk.for_2d(2 * U * C, Vp - 2 * V, [&](int rc, int j) {
+        out[(static_cast<int64_t>(rc / C) * P + b * C + rc % C) * Vp + 2 * V + j] = T(0);
       });
   }
 };
 
 // dx = 2^e (syn - c2 x 2^e) in x's dtype, syn the synthesised band gradient (2 k S) as (P, H, W) or, with
-// `hpw`, (H, P, W) planes. Item: sample b.
+// `hpw`, (H, P, W) planes. dx may be syn itself (same layout and dtype: each entry is read, then written).
+// Item: sample b.
 template <typename in_t, typename T>
 struct RatioCombineRoutine {
   const T* syn;
@@ -502,10 +506,11 @@ struct RatioCombineRoutine {
     const Pow2<T> s(static_cast<int>(stats[2 * b]));
     const in_t* xb = x + b * n;
     in_t* db = dx + b * n;
-    blk.for_2d(C * H, W, [&](int ch, int w) {
-      const int64_t k = static_cast<int64_t>(ch) * W + w;
-      const T sv = syn[plane_row_offset(b * C + ch / H, ch % H, P, H, W, hpw) + w];
-      db[k] = static_cast<in_t>(s.apply(sv - c.c2 * s.apply(static_cast<T>(xb[k]))));
+    blk.for_rows(C * H, W, [&](int ch, int w0, int w1) {
+      const T* sr = syn + plane_row_offset(b * C + ch / H, ch % H, P, H, W, hpw);
+      const in_t* xr = xb + static_cast<int64_t>(ch) * W;
+      in_t* dr = db + static_cast<int64_t>(ch) * W;
+      for (int w = w0; w < w1; ++w) dr[w] = static_cast<in_t>(s.apply(sr[w] - c.c2 * s.apply(static_cast<T>(xr[w]))));
     });
   }
 };
@@ -540,10 +545,15 @@ template <typename in_t, typename T, class Block>
 JAFR_HD double fused_load_plane(const in_t* xp, const Pow2<T>& s, const FusedLayout& L, T* xs, const Block& blk) {
   double sumsq = 0.0;
   const int XS = L.xs_stride(), W = L.W;
-  blk.for_2d(L.H, W, [&](int h, int w) {
-    const T v = s.apply(static_cast<T>(xp[h * W + w]));
-    xs[h * XS + w] = v;
-    sumsq += static_cast<double>(v) * v;
+  blk.for_rows(L.H, W, [&](int h, int w0, int w1) {
+    T part = 0;
+    JAFR_SIMD_SUM(part)
+    for (int w = w0; w < w1; ++w) {
+      const T v = s.apply(static_cast<T>(xp[h * W + w]));
+      xs[h * XS + w] = v;
+      part += v * v;
+    }
+    sumsq += static_cast<double>(part);
   });
   return sumsq;
 }
@@ -627,7 +637,7 @@ struct FusedRatioForward {
       fused_column_dft(xs, L, tab, y, blk);
       blk.sync();
       blk.for_2d(L.U, L.V, [&](int i, int v) {
-        const T w = band.energy_weight(band.rows.row(i), v);
+        const T w = band.energy_weight(i, v);
         if (w == T(0)) return;
         T re, im;
         fused_row_dft(y, L, tab, i, v, &re, &im);
@@ -686,7 +696,7 @@ struct FusedRatioBackward {
       blk.sync();
       // G[i][v] = k * 2 h_v m X: the band gradient of E_low, weighted by this sample's coefficient.
       blk.for_2d(U, V, [&](int i, int v) {
-        const T w = band.energy_weight(band.rows.row(i), v);
+        const T w = band.energy_weight(i, v);
         T re = 0, im = 0;
         if (w != T(0)) fused_row_dft(y, L, tab, i, v, &re, &im);
         bin_energy_grad(re, im, coef.k * w, 2, g + i * V + v, g + U * V + i * V + v);

@@ -23,6 +23,16 @@ inline at::ScalarType compute_type(at::ScalarType t) { return t == at::kDouble ?
 
 template <class Exec>
 struct StageImpl {
+  static at::Tensor band_table(const Bins& bins, const at::TensorOptions& opts) {
+    const int64_t U = bins.U(), V = bins.V;
+    at::Tensor out = at::empty({U, V}, opts);
+    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "jafr_band_table", [&] {
+      const BandTableRoutine<scalar_t> r{bins.band<scalar_t>(), out.data_ptr<scalar_t>()};
+      Exec::template run<scalar_t>(U, r, out);
+    });
+    return out;
+  }
+
   static at::Tensor energy(const at::Tensor& spec, const Bins& bins, int64_t power) {
     const int64_t P = spec.size(0);
     at::Tensor out = at::empty({P}, spec.options());
@@ -100,9 +110,8 @@ struct StageImpl {
 
   static at::Tensor ratio_grad(const at::Tensor& spec, int64_t spec_Vp, const Bins& bins, int64_t C,
                                const at::Tensor& grad, const at::Tensor& value, const at::Tensor& stats,
-                               bool complement, double scale, bool hermitian, int64_t out_Vp) {
-    const int64_t B = stats.size(0), P = B * C, U = bins.U(), V = bins.V;
-    at::Tensor out = out_Vp == 0 ? at::empty({P, U, V, 2}, stats.options()) : at::empty({2 * U, P, out_Vp}, stats.options());
+                               bool complement, double scale, bool hermitian) {
+    const int64_t B = stats.size(0), P = B * C;
     AT_DISPATCH_FLOATING_TYPES(stats.scalar_type(), "jafr_ratio_grad", [&] {
       const RatioGradRoutine<scalar_t> r{spec_view<scalar_t>(spec, spec_Vp, bins, P),
                                          bins.band<scalar_t>(),
@@ -114,17 +123,16 @@ struct StageImpl {
                                          complement,
                                          static_cast<scalar_t>(scale),
                                          hermitian,
-                                         static_cast<int>(out_Vp),
-                                         out.data_ptr<scalar_t>()};
+                                         spec.data_ptr<scalar_t>()};
       Exec::template run<scalar_t>(B, r, stats);
     });
-    return out;
+    return spec;
   }
 
   static at::Tensor ratio_combine(const at::Tensor& syn, bool hpw, const at::Tensor& x, const at::Tensor& grad,
                                   const at::Tensor& value, const at::Tensor& stats, bool complement) {
     const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-    at::Tensor dx = at::empty(x.sizes(), x.options());
+    at::Tensor dx = !hpw && syn.scalar_type() == x.scalar_type() ? syn.view(x.sizes()) : at::empty(x.sizes(), x.options());
     JAFR_DISPATCH_INPUT(x.scalar_type(), "jafr_ratio_combine", [&] {
       const RatioCombineRoutine<in_t, T> r{syn.data_ptr<T>(),
                                            hpw,
@@ -180,9 +188,8 @@ struct StageImpl {
   }
 
   static Stages table() {
-    return Stages{Exec::kFusedByDefault, &energy,      &energy_grad,         &phasor,
-                  &scale,                &ratio_value, &ratio_grad,          &ratio_combine,
-                  &fused_ratio,          &fused_ratio_backward};
+    return Stages{&band_table,  Exec::kFusedByDefault, &energy,        &energy_grad, &phasor, &scale,
+                  &ratio_value, &ratio_grad,           &ratio_combine, &fused_ratio, &fused_ratio_backward};
   }
 };
 
