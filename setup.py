@@ -3,7 +3,8 @@
 The CUDA path is compiled whenever nvcc and a CUDA build of torch are present, GPU or not; since no GPU may
 be visible to infer architectures, explicit ``-gencode`` flags target sm_80 and sm_90 plus PTX for newer cards
 (override with ``TORCH_CUDA_ARCH_LIST``). Switches: ``JAFR_SKIP_CUDA_BUILD=1`` builds the CPU path only,
-``JAFR_FORCE_CUDA=1`` fails instead of silently dropping CUDA, ``MAX_JOBS`` limits parallel compilation.
+``JAFR_FORCE_CUDA=1`` fails instead of silently dropping CUDA, ``JAFR_PTXAS_VERBOSE=1`` prints ptxas register and
+spill figures per kernel, ``MAX_JOBS`` limits parallel compilation.
 Install with ``pip install --no-build-isolation .`` after torch (torch is not a build requirement on purpose:
 the extension must be built against the torch that will run it).
 """
@@ -41,12 +42,15 @@ def extensions():
     if not use_cuda and os.environ.get("JAFR_FORCE_CUDA", "0") == "1":
         raise RuntimeError(f"JAFR_FORCE_CUDA=1 but the CUDA path cannot be built: {why}")
     cxx = ["-O3", "-fopenmp-simd"]
-    sources = [os.path.join("csrc", "spectral.cpp")]
+    # Host logic and op schemas, then one source per dispatch key (distinct stems: ninja names objects by stem).
+    sources = [os.path.join("csrc", "spectral.cpp"), os.path.join("csrc", "spectral_cpu.cpp")]
     if not use_cuda:
         print(f"jafr_kernels: building the CPU path only ({why})")
         return [cpp_extension.CppExtension("jafr_kernels._C", sources, extra_compile_args={"cxx": cxx})]
     os.environ.setdefault("CUDA_HOME", _cuda_toolkit())
-    nvcc = ["-O3"]
+    nvcc = ["-O3", "-DJAFR_WITH_CUDA"]
+    if os.environ.get("JAFR_PTXAS_VERBOSE", "0") == "1":
+        nvcc.append("-Xptxas=-v")
     if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
         nvcc += [
             "-gencode=arch=compute_80,code=sm_80",

@@ -1,43 +1,35 @@
-// C++ backend of jafr_kernels: masked spectral energies and batch-mean magnitude spectra, with backwards.
+// C++ backend of jafr_kernels: masked spectral energies, the fused power-2 band ratio and batch-mean
+// magnitude spectra, with backwards; the `jafr_cpp` op schemas and the device-agnostic host logic.
 //
-// The host logic below is device-agnostic (ATen FFT / GEMM dispatch to CPU or CUDA); only the per-bin
-// stages differ: at::parallel_for loops here, CUDA kernels in spectral_cuda.cu, both calling the same
-// inline maths of spectral_math.h.
-//
-// Two transform paths compute the spectrum X of each (b, c) plane:
-//  * full:    X = rfft2(x) (pocketfft / MKL on CPU, cuFFT on CUDA);
-//  * partial: only the rows |u| <= U and columns v <= V that the mask can touch, as two thin real GEMMs
-//             (x @ [cos | -sin] over columns, then [cos; -sin] @ . over rows). A low band of small cutoff
-//             touches few bins, so this costs O(H W V + U V H) per plane instead of a full FFT, and its
-//             backward is the transpose: two more thin GEMMs give the band-passed plane directly.
-// The backward recomputes the spectrum: nothing is stored between forward and backward but x.
-#include "spectral.h"
-
-#include <ATen/Parallel.h>
+// The host logic below only decides which bins to transform and composes ATen transforms (FFT, GEMM) with
+// the per-device stages of spectral.h (CPU loops in spectral_cpu.cpp, CUDA kernels in spectral_cuda.cu, both
+// running the routines of spectral_math.h). It never reads a device tensor's values on the host: plans
+// depend on host integers only (shapes, band limits), constant tables are cached under keys made of host
+// integers, and non-finite or all-zero samples are handled inside the stages.
+#include <torch/extension.h>
 
 #include <cmath>
-#include <limits>
 #include <map>
 #include <mutex>
 #include <string>
-#include <vector>
 
-#include "spectral_math.h"
+#include "spectral.h"
 
 namespace jafr {
 namespace {
 
-enum Path : int64_t { kAuto = 0, kPartial = 1, kFull = 2 };
+at::ScalarType compute_type(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
-at::ScalarType compute_type(const at::Tensor& x) {
-  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+void check_planes(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.dim() == 4, "jafr: ", name, " must be a (B, C, H, W) tensor, got ", x.dim(), " dimensions");
+  TORCH_CHECK(x.is_floating_point(), "jafr: ", name, " must be a real floating tensor, got ", x.scalar_type());
+  TORCH_CHECK(x.size(2) >= 2 && x.size(3) >= 2, "jafr: ", name, " planes must be at least 2x2, got ", x.size(2), "x",
+              x.size(3));
 }
 
 // (B, C, H, W) of any float dtype and strides -> contiguous (P, H, W) planes in the compute dtype.
 at::Tensor as_planes(const at::Tensor& x) {
-  TORCH_CHECK(x.dim() == 4, "jafr: expected a (B, C, H, W) tensor, got ", x.dim(), " dimensions");
-  TORCH_CHECK(x.is_floating_point(), "jafr: expected a real floating tensor, got ", x.scalar_type());
-  TORCH_CHECK(x.size(2) >= 2 && x.size(3) >= 2, "jafr: planes must be at least 2x2, got ", x.size(2), "x", x.size(3));
+  check_planes(x, "x");
   return x.to(compute_type(x)).contiguous().view({-1, x.size(2), x.size(3)});
 }
 
@@ -48,100 +40,148 @@ int64_t isqrt_floor(int64_t n) {
   return r;
 }
 
-// Which spectrum bins a call needs, and which transform path computes them.
-struct Plan {
-  int64_t H, W;
-  at::Tensor rows;  // (U,) int64 row frequencies, on the tensor's device
-  int64_t cols;     // V: columns 0..V-1
-  bool full;
-  at::Tensor weight;  // (U, V) gathered weight map, or undefined
+// ---------------------------------------------------------------------------------------------- constant tables
+// Twiddle and band tables, cached under keys made only of host integers (sizes, frequency ranges, band limits,
+// dtype, device) and built on the target device (no host->device copy, no host read): after the first call of
+// a size a call costs a map lookup.
+std::mutex table_mutex;
+std::map<std::string, at::Tensor>& table_cache() {
+  static auto* cache = new std::map<std::string, at::Tensor>();  // never destroyed: outlives CUDA teardown
+  return *cache;
+}
 
-  bool empty() const { return rows.size(0) == 0 || cols == 0; }  // the mask selects no bin
-};
-
-Plan make_plan(const at::Tensor& planes, const c10::optional<at::Tensor>& weight_opt, int64_t q_hi, int64_t path) {
-  const int64_t H = planes.size(1), W = planes.size(2), Wr = W / 2 + 1;
-  at::Tensor weight;
-  std::vector<int64_t> rows;
-  int64_t cols = 0;
-  if (weight_opt.has_value() && weight_opt->defined()) {
-    weight = weight_opt->to(planes.scalar_type()).contiguous();
-    TORCH_CHECK(weight.dim() == 2 && weight.size(0) == H && weight.size(1) == Wr, "jafr: weight map must be (H, W//2+1) = (",
-                H, ", ", Wr, "), got ", weight.sizes());
-    const at::Tensor nz = weight.ne(0).cpu();
-    const at::Tensor row_any = nz.any(1), col_any = nz.any(0);
-    const auto row_nz = row_any.accessor<bool, 1>();
-    const auto col_nz = col_any.accessor<bool, 1>();
-    for (int64_t u = 0; u < H; ++u)
-      if (row_nz[u]) rows.push_back(u);
-    for (int64_t v = Wr - 1; v >= 0; --v)
-      if (col_nz[v]) {
-        cols = v + 1;
-        break;
-      }
-  } else {
-    const int64_t ur = std::min(H / 2, isqrt_floor(q_hi / (W * W)));
-    cols = std::min(W / 2, isqrt_floor(q_hi / (H * H))) + 1;
-    for (int64_t u = 0; u < H; ++u)
-      if (std::min(u, H - u) <= ur) rows.push_back(u);
+template <class Build>
+at::Tensor cached_table(const std::string& key, Build build) {
+  {
+    const std::lock_guard<std::mutex> lock(table_mutex);
+    const auto it = table_cache().find(key);
+    if (it != table_cache().end()) return it->second;
   }
-  const int64_t U = static_cast<int64_t>(rows.size());
+  at::Tensor t = build();
+  const std::lock_guard<std::mutex> lock(table_mutex);
+  if (table_cache().size() > 256) table_cache().clear();  // bounded: a training run touches a handful of sizes
+  table_cache().emplace(key, t);
+  return t;
+}
+
+std::string table_key(const char* kind, std::initializer_list<int64_t> ints, const at::TensorOptions& opts) {
+  std::string key = kind;
+  for (const int64_t i : ints) key += "/" + std::to_string(i);
+  return key + "/" + c10::toString(opts.dtype().toScalarType()) + "/" + opts.device().str();
+}
+
+// The lookup table h_v m of the bins: for a radial band cached under its host integers (built once, by a stage
+// of the device); for a CPU weight map built per call (cheap, U V entries); none for a device weight map
+// (building it each call would cost a launch: the stages then read the map itself).
+void attach_table(Bins& b, const at::Tensor& x, const Stages& st) {
+  if (b.empty()) return;
+  const auto opts = x.options().dtype(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  if (!b.weight.defined())
+    b.table = cached_table(table_key("band", {b.H, b.W, b.ur, b.V, b.q_lo, b.q_hi}, opts),
+                           [&] { return st.band_table(b, opts); });
+  else if (b.weight.is_cpu())
+    b.table = st.band_table(b, opts);
+}
+
+// Which bins a call needs and how it transforms them. A radial band r <= r_hi touches the rows |u| <= ur
+// and columns v < V given by q_hi alone. A weight map's support is read only for CPU tensors (for a device
+// tensor that would be a host-device synchronisation): on CUDA every bin is kept. The band ratio (`ratio`)
+// runs fused when forced or (on CUDA) for small planes; otherwise the transform is chosen by a cost model
+// unless `path` forces one.
+Bins make_bins(const at::Tensor& x, const c10::optional<at::Tensor>& weight_opt, int64_t q_lo, int64_t q_hi,
+               int64_t path, bool ratio, const Stages& st) {
+  TORCH_CHECK(path >= kAuto && path <= kFused, "jafr: path must be 0 (auto), 1 (partial), 2 (full) or 3 (fused), got ",
+              path);
+  Bins b;
+  b.H = x.size(2);
+  b.W = x.size(3);
+  b.q_lo = q_lo;
+  b.q_hi = q_hi;
+  const int64_t H = b.H, W = b.W, Wr = W / 2 + 1;
+  if (weight_opt.has_value() && weight_opt->defined()) {
+    const at::Tensor& w = *weight_opt;
+    TORCH_CHECK(w.dim() == 2 && w.size(0) == H && w.size(1) == Wr, "jafr: weight map must be (H, W//2+1) = (", H,
+                ", ", Wr, "), got ", w.sizes());
+    TORCH_CHECK(w.device() == x.device(), "jafr: weight map is on ", w.device(), " but x is on ", x.device());
+    b.weight = w.to(compute_type(x)).contiguous();
+    b.ur = H / 2;
+    b.V = Wr;
+    if (w.is_cpu()) {
+      const at::Tensor nz = b.weight.ne(0);
+      const at::Tensor row_any = nz.any(1), col_any = nz.any(0);
+      const auto rows = row_any.accessor<bool, 1>();
+      const auto cols = col_any.accessor<bool, 1>();
+      int64_t ur = -1, V = 0;
+      for (int64_t u = 0; u < H; ++u)
+        if (rows[u]) ur = std::max(ur, std::min(u, H - u));
+      for (int64_t v = Wr - 1; v >= 0 && V == 0; --v)
+        if (cols[v]) V = v + 1;
+      b.ur = std::max<int64_t>(ur, 0);
+      b.V = ur < 0 ? 0 : V;
+    }
+  } else {
+    b.ur = std::min(H / 2, isqrt_floor(q_hi / (W * W)));
+    b.V = std::min(W / 2, isqrt_floor(q_hi / (H * H))) + 1;
+  }
+  const bool small = b.H <= kFusedMaxSide && b.W <= kFusedMaxSide;
+  if (ratio && (path == kFused || (path == kAuto && st.fused_by_default && small))) {
+    b.fused = true;
+    attach_table(b, x, st);
+    return b;
+  }
   // Real multiply-adds per plane: the partial transform (forward) vs a full real FFT (~2.5 N log2 N flops,
   // at several times lower throughput than a GEMM). The factor was measured on the CPU; see benchmarks/.
-  const double partial_cost = 2.0 * cols * H * W + 4.0 * U * cols * H;
+  const double partial_cost = 2.0 * b.V * H * W + 4.0 * b.U() * b.V * H;
   const double fft_cost = 2.5 * H * W * std::log2(static_cast<double>(H * W));
-  bool full = path == kFull || (path == kAuto && partial_cost > fft_cost);
-  if (U == 0 || cols == 0) full = false;  // empty mask: nothing to transform
-  Plan plan{H, W, at::Tensor(), cols, full, at::Tensor()};
-  if (full) {
-    plan.rows = at::arange(H, planes.options().dtype(at::kLong));
-    plan.cols = Wr;
-    plan.weight = weight;
-  } else {
-    plan.rows = at::tensor(rows, at::TensorOptions().dtype(at::kLong)).to(planes.device());
-    if (weight.defined()) plan.weight = weight.index_select(0, plan.rows).narrow(1, 0, cols).contiguous();
+  b.full = !b.empty() && (path == kFull || (path != kPartial && partial_cost > fft_cost));
+  if (b.full) {
+    b.ur = H / 2;
+    b.V = Wr;
   }
-  return plan;
+  attach_table(b, x, st);
+  return b;
 }
 
-// (n, 2k) real DFT factors [cos(2 pi j t / n) | -sin(2 pi j t / n)] for t < n (rows), j in `freqs` (cols),
-// zero-padded on the right to `width` columns. Cached per (n, freqs, width, dtype, device): building them
-// costs more than a small plane's transform.
-at::Tensor dft_factors(int64_t n, const at::Tensor& freqs, const at::TensorOptions& opts, int64_t width = 0) {
-  static std::mutex mutex;
-  static auto* cache = new std::map<std::string, at::Tensor>();  // never destroyed: outlives CUDA teardown
-  const at::Tensor f_cpu = freqs.cpu().contiguous();
-  std::string key = std::to_string(n) + "/" + std::to_string(width) + "/" + c10::toString(opts.dtype().toScalarType()) +
-                    "/" + opts.device().str() + "/";
-  const int64_t* fp = f_cpu.data_ptr<int64_t>();
-  for (int64_t i = 0; i < f_cpu.numel(); ++i) key += std::to_string(fp[i]) + ",";
-  {
-    const std::lock_guard<std::mutex> lock(mutex);
-    const auto it = cache->find(key);
-    if (it != cache->end()) return it->second;
-  }
-  const at::Tensor t = at::arange(n, at::TensorOptions().dtype(at::kLong));
-  const at::Tensor phase = at::remainder(t.unsqueeze(1) * f_cpu.unsqueeze(0), n).to(at::kDouble) * (2.0 * M_PI / n);
-  at::Tensor f = at::cat({at::cos(phase), -at::sin(phase)}, 1);
-  if (width > f.size(1)) f = at::constant_pad_nd(f, {0, width - f.size(1)});
-  f = f.to(opts).contiguous();
-  const std::lock_guard<std::mutex> lock(mutex);
-  if (cache->size() > 256) cache->clear();  // bounded: a training run touches a handful of sizes
-  cache->emplace(key, f);
-  return f;
+// (2, F, n) = [cos; -sin](2 pi f t / n) for t < n and the frequencies f in [0, a_end) then [b_begin, b_end).
+at::Tensor twiddles(int64_t n, int64_t a_end, int64_t b_begin, int64_t b_end, const at::TensorOptions& opts) {
+  return cached_table(table_key("twiddles", {n, a_end, b_begin, b_end}, opts), [&] {
+    const auto lopt = opts.dtype(at::kLong);
+    const at::Tensor f = at::cat({at::arange(0, a_end, lopt), at::arange(b_begin, b_end, lopt)});
+    const at::Tensor t = at::arange(n, lopt);
+    const at::Tensor phase = at::remainder(f.unsqueeze(1) * t.unsqueeze(0), n).to(at::kDouble) * (2.0 * M_PI / n);
+    return at::stack({at::cos(phase), -at::sin(phase)}).to(opts.dtype()).contiguous();
+  });
 }
 
-// GEMMs with very narrow outputs run far below peak in BLAS; padding the column transform to a multiple
-// of 16 outputs costs a few zero columns and is several times faster (measured, see benchmarks/).
-int64_t padded_width(int64_t cols) { return (cols + 15) / 16 * 16; }
+// Column twiddles (2, V, W) of columns v < V; row twiddles (2, U, H) of the rows of `bins`.
+at::Tensor column_twiddles(const Bins& b, const at::TensorOptions& opts) { return twiddles(b.W, b.V, 0, 0, opts); }
+at::Tensor row_twiddles(const Bins& b, const at::TensorOptions& opts) {
+  const RowSet rows = b.rows();
+  return twiddles(b.H, rows.ur + 1, rows.high_start(), b.H, opts);
+}
 
-// Spectrum (P, U, V, 2) of the planes on the plan's bins.
-at::Tensor spectrum(const at::Tensor& planes, const Plan& plan) {
-  const int64_t P = planes.size(0), H = plan.H, W = plan.W;
-  if (plan.full) return at::view_as_real(at::fft_rfft2(planes)).contiguous();
-  const int64_t U = plan.rows.size(0), V = plan.cols, Vp = padded_width(2 * V);
-  const at::Tensor cw = dft_factors(W, at::arange(V, at::kLong), planes.options(), Vp);  // (W, Vp)
-  const at::Tensor rh = dft_factors(H, plan.rows, planes.options());                     // (H, 2U)
+// GEMM factors of the partial transform: (W, Vp) = [cos | -sin | 0] over columns v < V, and (H, 2U) =
+// [cos | -sin] over the band's rows.
+at::Tensor gemm_column_factor(const Bins& b, const at::TensorOptions& opts) {
+  const int64_t Vp = padded_width(2 * b.V);
+  return cached_table(table_key("gemm_columns", {b.W, b.V, Vp}, opts), [&] {
+    const at::Tensor f = column_twiddles(b, opts).reshape({2 * b.V, b.W}).t();
+    return at::constant_pad_nd(f, {0, Vp - 2 * b.V}).contiguous();
+  });
+}
+at::Tensor gemm_row_factor(const Bins& b, const at::TensorOptions& opts) {
+  return cached_table(table_key("gemm_rows", {b.H, b.ur}, opts),
+                      [&] { return row_twiddles(b, opts).reshape({2 * b.U(), b.H}).t().contiguous(); });
+}
+
+// ---------------------------------------------------------------------------------------------- transforms
+// Spectrum (P, U, V, 2) of contiguous planes (P, H, W) on the bins of `b`.
+at::Tensor spectrum(const at::Tensor& planes, const Bins& b) {
+  const int64_t P = planes.size(0), H = b.H, W = b.W;
+  if (b.full) return at::view_as_real(at::fft_rfft2(planes)).contiguous();
+  const int64_t U = b.U(), V = b.V, Vp = padded_width(2 * V);
+  const at::Tensor cw = gemm_column_factor(b, planes.options());  // (W, Vp)
+  const at::Tensor rh = gemm_row_factor(b, planes.options());     // (H, 2U)
   // Columns first: y[p, h, :] = [Re | Im | 0] of the 1-D DFT of each row, one (P H, W) x (W, Vp) GEMM.
   const at::Tensor y = at::mm(planes.view({P * H, W}), cw).view({P, H, Vp});
   // Then rows, computed transposed: z[p] = y[p]^T rh, (P, Vp, 2U).
@@ -152,12 +192,12 @@ at::Tensor spectrum(const at::Tensor& planes, const Plan& plan) {
   return at::stack({re, im}, -1).transpose(1, 2).contiguous();         // (P, U, V, 2)
 }
 
-// Re(sum_{u in rows, v < V} G_uv e^{+2 pi i (u h / H + v w / W)}) for G (P, U, V, 2): the partial transform's adjoint.
-at::Tensor partial_synthesis(const at::Tensor& g, const Plan& plan) {
-  const int64_t P = g.size(0), H = plan.H, W = plan.W, U = plan.rows.size(0), V = plan.cols, Vp = padded_width(2 * V);
-  const at::Tensor cw = dft_factors(W, at::arange(V, at::kLong), g.options(), Vp);  // (W, Vp)
-  const at::Tensor rh = dft_factors(H, plan.rows, g.options());                     // (H, 2U)
-  const at::Tensor gt = g.transpose(1, 2);                                           // (P, V, U, 2)
+// Re(sum_{rows u, v < V} G_uv e^{+2 pi i (u h / H + v w / W)}) for G (P, U, V, 2): the partial transform's adjoint.
+at::Tensor partial_synthesis(const at::Tensor& g, const Bins& b) {
+  const int64_t P = g.size(0), H = b.H, W = b.W, V = b.V, Vp = padded_width(2 * V);
+  const at::Tensor cw = gemm_column_factor(b, g.options());  // (W, Vp)
+  const at::Tensor rh = gemm_row_factor(b, g.options());     // (H, 2U)
+  const at::Tensor gt = g.transpose(1, 2);                   // (P, V, U, 2)
   const at::Tensor gr = gt.select(3, 0), gi = gt.select(3, 1);
   // s[p] (Vp, 2U) = [[Gr^T, Gi^T], [Gi^T, -Gr^T], [0]] so that rh s[p]^T = [Re | Im] of the row synthesis.
   at::Tensor s = at::cat({at::cat({gr, gi}, 2), at::cat({gi, -gr}, 2)}, 1);  // (P, 2V, 2U)
@@ -165,6 +205,15 @@ at::Tensor partial_synthesis(const at::Tensor& g, const Plan& plan) {
   const at::Tensor q = at::matmul(s, rh.t()).transpose(1, 2).reshape({P * H, Vp});  // (P H, Vp)
   return at::mm(q, cw.t()).view({P, H, W});
 }
+
+// Band-gradient synthesis of G (P, U, V, 2) from the grad stages: Re(sum h_v G e^{+i..}) (P, H, W). The full
+// path feeds G without h_v and scaled by N to irfft2 (N irfft2(G) = that sum: the mask is symmetric, so G's
+// edge columns are Hermitian); the partial path applies the transform's adjoint.
+at::Tensor synthesis(const at::Tensor& g, const Bins& b) {
+  if (b.full) return at::fft_irfft2(at::view_as_complex(g), at::IntArrayRef({b.H, b.W}));
+  return partial_synthesis(g, b);
+}
+double synthesis_scale(const Bins& b) { return b.full ? static_cast<double>(b.H * b.W) : 1.0; }
 
 // For real x, X[-u, v] = conj(X[u, v]) on the edge columns v = 0 and (even W) v = W/2, so the phasor
 // X/|X| there is Hermitian in u and Re(sum_u g_uv X_uv/|X_uv| e^{+i..}) only sees the symmetric part of g.
@@ -179,293 +228,154 @@ at::Tensor symmetrize_edge_columns(const at::Tensor& g, int64_t W) {
   return at::where(edge, (g + mirrored) / 2, g).contiguous();
 }
 
-template <typename scalar_t>
-std::vector<scalar_t> bin_table(const at::Tensor& rows_cpu, int64_t V, int64_t H, int64_t W, int64_t q_lo, int64_t q_hi,
-                                const at::Tensor& weight, bool hermitian) {
-  const int64_t U = rows_cpu.size(0);
-  const int64_t* r = rows_cpu.data_ptr<int64_t>();
-  const at::Tensor w_cpu = weight.defined() ? weight.cpu().contiguous() : weight;
-  const scalar_t* wp = w_cpu.defined() ? w_cpu.data_ptr<scalar_t>() : nullptr;
-  std::vector<scalar_t> table(U * V);
-  for (int64_t i = 0; i < U; ++i)
-    for (int64_t v = 0; v < V; ++v) {
-      const scalar_t m = mask_value<scalar_t>(r[i], v, H, W, q_lo, q_hi, wp ? wp + i * V + v : nullptr);
-      table[i * V + v] = hermitian ? m * hermitian_weight<scalar_t>(v, W) : m;
-    }
-  return table;
+void check_sample_vector(const at::Tensor& t, int64_t B, const char* name) {
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == B, "jafr: ", name, " must have shape (B,) = (", B, "), got ", t.sizes());
 }
 
 }  // namespace
 
-// ---------------------------------------------------------------------------------------------- stages (CPU)
-at::Tensor energy_stage(const at::Tensor& spec, const at::Tensor& rows, const at::Tensor& weight, int64_t H, int64_t W,
-                        int64_t q_lo, int64_t q_hi, int64_t power, const at::Tensor& inv_scale) {
-#ifdef JAFR_WITH_CUDA
-  if (spec.is_cuda()) return energy_stage_cuda(spec, rows, weight, H, W, q_lo, q_hi, power, inv_scale);
-#endif
-  TORCH_CHECK(spec.device().is_cpu(), "jafr: this build has no CUDA support for ", spec.device());
-  const int64_t P = spec.size(0), U = spec.size(1), V = spec.size(2);
-  at::Tensor out = at::empty({P}, spec.options());
-  AT_DISPATCH_FLOATING_TYPES(spec.scalar_type(), "jafr_energy_stage", [&] {
-    const std::vector<scalar_t> table = bin_table<scalar_t>(rows.cpu(), V, H, W, q_lo, q_hi, weight, true);
-    const scalar_t* s = spec.data_ptr<scalar_t>();
-    const scalar_t* is = inv_scale.defined() ? inv_scale.data_ptr<scalar_t>() : nullptr;
-    scalar_t* o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p) {
-        const scalar_t* sp = s + p * U * V * 2;
-        const scalar_t f = is ? is[p] : scalar_t(1);
-        double acc = 0.0;  // double accumulation: sums of up to ~1e5 bins stay far below fp32 rounding
-        for (int64_t k = 0; k < U * V; ++k)
-          if (table[k] != scalar_t(0)) acc += static_cast<double>(table[k] * bin_energy(f * sp[2 * k], f * sp[2 * k + 1], power));
-        o[p] = static_cast<scalar_t>(acc);
-      }
-    });
-  });
-  return out;
-}
-
-at::Tensor energy_grad_stage(const at::Tensor& spec, const at::Tensor& rows, const at::Tensor& weight, int64_t H,
-                             int64_t W, int64_t q_lo, int64_t q_hi, int64_t power, const at::Tensor& grad,
-                             double scale, bool hermitian, const at::Tensor& inv_scale) {
-#ifdef JAFR_WITH_CUDA
-  if (spec.is_cuda())
-    return energy_grad_stage_cuda(spec, rows, weight, H, W, q_lo, q_hi, power, grad, scale, hermitian, inv_scale);
-#endif
-  TORCH_CHECK(spec.device().is_cpu(), "jafr: this build has no CUDA support for ", spec.device());
-  const int64_t P = spec.size(0), U = spec.size(1), V = spec.size(2);
-  at::Tensor out = at::empty_like(spec);
-  AT_DISPATCH_FLOATING_TYPES(spec.scalar_type(), "jafr_energy_grad_stage", [&] {
-    const std::vector<scalar_t> table = bin_table<scalar_t>(rows.cpu(), V, H, W, q_lo, q_hi, weight, hermitian);
-    const scalar_t* s = spec.data_ptr<scalar_t>();
-    const scalar_t* g = grad.data_ptr<scalar_t>();
-    const scalar_t* is = inv_scale.defined() ? inv_scale.data_ptr<scalar_t>() : nullptr;
-    scalar_t* o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p) {
-        const scalar_t gp = g[p] * static_cast<scalar_t>(scale);
-        const scalar_t f = is ? is[p] : scalar_t(1);
-        const int64_t base = p * U * V * 2;
-        for (int64_t k = 0; k < U * V; ++k)
-          bin_energy_grad(f * s[base + 2 * k], f * s[base + 2 * k + 1], gp * table[k], static_cast<int>(power),
-                          o + base + 2 * k, o + base + 2 * k + 1);
-      }
-    });
-  });
-  return out;
-}
-
-at::Tensor phasor_stage(const at::Tensor& spec, const at::Tensor& g, int64_t W, double scale) {
-#ifdef JAFR_WITH_CUDA
-  if (spec.is_cuda()) return phasor_stage_cuda(spec, g, W, scale);
-#endif
-  TORCH_CHECK(spec.device().is_cpu(), "jafr: this build has no CUDA support for ", spec.device());
-  const int64_t P = spec.size(0), U = spec.size(1), V = spec.size(2);
-  at::Tensor out = at::empty_like(spec);
-  AT_DISPATCH_FLOATING_TYPES(spec.scalar_type(), "jafr_phasor_stage", [&] {
-    const scalar_t* s = spec.data_ptr<scalar_t>();
-    const scalar_t* gv = g.data_ptr<scalar_t>();
-    scalar_t* o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p) {
-        const int64_t base = p * U * V * 2;
-        for (int64_t k = 0; k < U * V; ++k) {
-          const scalar_t f = static_cast<scalar_t>(scale) * gv[k] / hermitian_weight<scalar_t>(k % V, W);
-          bin_energy_grad(s[base + 2 * k], s[base + 2 * k + 1], f, 1, o + base + 2 * k, o + base + 2 * k + 1);
-        }
-      }
-    });
-  });
-  return out;
-}
-
-// ---------------------------------------------------------------------------------------------- ops
-// Gradient (P, H, W) of sum_p grad_p E_p with E_p the masked energy of plane p scaled by inv_scale_p (when
-// defined; the chain factor inv_scale_p itself is left to the caller): Re(sum h_v G e^{+i..}) with G from
-// energy_grad_stage, synthesised by irfft2 (full plan) or by the partial transform's adjoint.
-at::Tensor energy_gradient(const at::Tensor& planes, const Plan& plan, int64_t q_lo, int64_t q_hi, int64_t power,
-                           const at::Tensor& grad, const at::Tensor& inv_scale) {
-  if (plan.empty()) return at::zeros_like(planes);
-  const at::Tensor spec = spectrum(planes, plan);
-  if (plan.full) {
-    // N irfft2(G) = Re(sum h_v G e^{+i..}): the mask is symmetric, so G's edge columns are already Hermitian.
-    const double n = static_cast<double>(plan.H * plan.W);
-    const at::Tensor gs =
-        energy_grad_stage(spec, plan.rows, plan.weight, plan.H, plan.W, q_lo, q_hi, power, grad, n, false, inv_scale);
-    return at::fft_irfft2(at::view_as_complex(gs), at::IntArrayRef({plan.H, plan.W}));
-  }
-  const at::Tensor gs =
-      energy_grad_stage(spec, plan.rows, plan.weight, plan.H, plan.W, q_lo, q_hi, power, grad, 1.0, true, inv_scale);
-  return partial_synthesis(gs, plan);
-}
-
+// ---------------------------------------------------------------------------------------------- energy ops
 at::Tensor energy(const at::Tensor& x, const c10::optional<at::Tensor>& weight, int64_t q_lo, int64_t q_hi, int64_t power,
-                  int64_t path) {
+                  int64_t path, const Stages& st) {
   TORCH_CHECK(power == 1 || power == 2, "jafr: power must be 1 or 2, got ", power);
   const at::Tensor planes = as_planes(x);
-  const Plan plan = make_plan(planes, weight, q_hi, path);
-  if (plan.empty()) return at::zeros({x.size(0), x.size(1)}, planes.options());
-  const at::Tensor e =
-      energy_stage(spectrum(planes, plan), plan.rows, plan.weight, plan.H, plan.W, q_lo, q_hi, power, at::Tensor());
-  return e.view({x.size(0), x.size(1)});
+  const Bins b = make_bins(x, weight, q_lo, q_hi, path, false, st);
+  if (b.empty()) return at::zeros({x.size(0), x.size(1)}, planes.options());
+  return st.energy(spectrum(planes, b), b, power).view({x.size(0), x.size(1)});
 }
 
 at::Tensor energy_backward(const at::Tensor& grad, const at::Tensor& x, const c10::optional<at::Tensor>& weight,
-                           int64_t q_lo, int64_t q_hi, int64_t power, int64_t path) {
+                           int64_t q_lo, int64_t q_hi, int64_t power, int64_t path, const Stages& st) {
   TORCH_CHECK(power == 1 || power == 2, "jafr: power must be 1 or 2, got ", power);
   const at::Tensor planes = as_planes(x);
-  const Plan plan = make_plan(planes, weight, q_hi, path);
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == x.size(0) && grad.size(1) == x.size(1),
+              "jafr: grad must have shape (B, C) = (", x.size(0), ", ", x.size(1), "), got ", grad.sizes());
+  const Bins b = make_bins(x, weight, q_lo, q_hi, path, false, st);
+  if (b.empty()) return at::zeros_like(x, at::MemoryFormat::Contiguous);
   const at::Tensor g = grad.to(planes.scalar_type()).contiguous().view({-1});
-  return energy_gradient(planes, plan, q_lo, q_hi, power, g, at::Tensor()).view(x.sizes()).to(x.scalar_type());
+  const at::Tensor gs = st.energy_grad(spectrum(planes, b), b, power, g, synthesis_scale(b), !b.full);
+  return synthesis(gs, b).view(x.sizes()).to(x.scalar_type());
 }
 
-at::Tensor mean_magnitude(const at::Tensor& x) {
-  const at::Tensor planes = as_planes(x);
-  return at::abs(at::fft_rfft2(planes)).mean(0);
-}
+at::Tensor mean_magnitude(const at::Tensor& x) { return at::abs(at::fft_rfft2(as_planes(x))).mean(0); }
 
-at::Tensor mean_magnitude_backward(const at::Tensor& grad, const at::Tensor& x) {
+at::Tensor mean_magnitude_backward(const at::Tensor& grad, const at::Tensor& x, const Stages& st) {
   const at::Tensor planes = as_planes(x);
   const int64_t P = planes.size(0), H = planes.size(1), W = planes.size(2);
-  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == H && grad.size(1) == W / 2 + 1, "jafr: grad must be (H, W//2+1)");
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == H && grad.size(1) == W / 2 + 1,
+              "jafr: grad must have shape (H, W//2+1) = (", H, ", ", W / 2 + 1, "), got ", grad.sizes());
   const at::Tensor spec = at::view_as_real(at::fft_rfft2(planes)).contiguous();
   const at::Tensor g = symmetrize_edge_columns(grad.to(planes.scalar_type()), W);
   // dx = Re(sum_{u, v half} (g/P) X/|X| e^{+i..}) = N irfft2(G / h_v), G Hermitian on the edge columns.
-  const at::Tensor gc =
-      at::view_as_complex(phasor_stage(spec, g, W, static_cast<double>(H * W) / static_cast<double>(P)));
+  const at::Tensor gc = at::view_as_complex(st.phasor(spec, g, W, static_cast<double>(H * W) / static_cast<double>(P)));
   return at::fft_irfft2(gc, at::IntArrayRef({H, W})).view(x.sizes()).to(x.scalar_type());
 }
 
-// ---------------------------------------------------------------------------------------------- fused ratio (p = 2)
-// Per-sample stats (B, 2): [max |x_b|, N sum (x_b / max|x_b|)^2] (the second is E_all of the scaled sample by
-// Parseval); NaN as the max when the sample holds NaN or Inf.
-at::Tensor sample_stats(const at::Tensor& planes, int64_t B) {
-  const int64_t n_per = planes.numel() / B, N = planes.size(1) * planes.size(2);
-  if (planes.is_cuda()) {
-    const at::Tensor flat = planes.view({B, n_per});
-    const at::Tensor amax = flat.abs().amax(1).to(at::kDouble);
-    const at::Tensor sumsq = flat.to(at::kDouble).square().sum(1);
-    const at::Tensor safe = at::where(amax > 0, amax, at::ones_like(amax));
-    return at::stack({amax, sumsq * static_cast<double>(N) / (safe * safe)}, 1).to(planes.scalar_type());
+// ---------------------------------------------------------------------------------------------- band ratio (p = 2)
+// value_b = rho_b = sum_c E_band(x_bc) / E_all(x_b) (or 1 - rho_b with `complement`), computed on
+// x' = x 2^e_b (an exact power-of-two scale taken in the stage, so fp32 holds any finite sample); 0 for an
+// all-zero sample, NaN for a sample holding NaN/Inf. stats (B, 2) = [e_b, E_all(x'_b)].
+//
+// Launches per call (CUDA): fused, 1; partial, 4 (scale, two GEMMs, value); full, scale + rfft2 + value.
+std::tuple<at::Tensor, at::Tensor> band_ratio(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                                              int64_t q_lo, int64_t q_hi, bool complement, int64_t path,
+                                              const Stages& st) {
+  check_planes(x, "x");
+  const at::Tensor xc = x.contiguous();
+  const Bins b = make_bins(xc, weight, q_lo, q_hi, path, true, st);
+  const auto acc = xc.options().dtype(compute_type(xc));
+  if (b.fused) return st.fused_ratio(xc, b, column_twiddles(b, acc), row_twiddles(b, acc), complement);
+  const int64_t C = x.size(1), P = x.size(0) * C, H = b.H, W = b.W;
+  const bool partial = !b.full && !b.empty();
+  const auto scaled = st.scale(xc, at::Tensor(), partial);
+  const at::Tensor& xs = std::get<0>(scaled);
+  const at::Tensor& stats = std::get<1>(scaled);
+  if (b.empty()) return {st.ratio_value(at::empty({0}, acc), 0, b, C, stats, complement), stats};
+  if (b.full) {
+    const at::Tensor spec = at::view_as_real(at::fft_rfft2(xs)).contiguous();
+    return {st.ratio_value(spec, 0, b, C, stats, complement), stats};
   }
-  at::Tensor out = at::empty({B, 2}, planes.options());
-  AT_DISPATCH_FLOATING_TYPES(planes.scalar_type(), "jafr_sample_stats", [&] {
-    const scalar_t* x = planes.data_ptr<scalar_t>();
-    scalar_t* o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        const scalar_t* xb = x + b * n_per;
-        // Two vectorised passes: max |x|, then the sum of (x / max|x|)^2, whose terms are <= 1 (no overflow).
-        scalar_t amax = 0;
-        _Pragma("omp simd reduction(max : amax)") for (int64_t i = 0; i < n_per; ++i) {
-          const scalar_t a = xb[i] < 0 ? -xb[i] : xb[i];
-          amax = a > amax ? a : amax;
-        }
-        const scalar_t inv = amax > 0 ? scalar_t(1) / amax : scalar_t(0);
-        scalar_t sumsq = 0;
-        if (std::isfinite(static_cast<double>(inv)) || !std::isfinite(static_cast<double>(amax))) {
-          _Pragma("omp simd reduction(+ : sumsq)") for (int64_t i = 0; i < n_per; ++i) {
-            const scalar_t v = xb[i] * inv;
-            sumsq += v * v;
-          }
-        } else {  // subnormal max: 1/max overflows in fp32, so scale in double
-          double acc = 0.0;
-          for (int64_t i = 0; i < n_per; ++i) {
-            const double v = static_cast<double>(xb[i]) / static_cast<double>(amax);
-            acc += v * v;
-          }
-          sumsq = static_cast<scalar_t>(acc);
-        }
-        // NaN (or Inf, which makes inv = 0 and Inf * 0 = NaN) anywhere makes sumsq NaN: report it through
-        // the max, which callers check.
-        const double m = std::isfinite(static_cast<double>(sumsq)) ? static_cast<double>(amax)
-                                                                     : std::numeric_limits<double>::quiet_NaN();
-        o[2 * b] = static_cast<scalar_t>(m);
-        o[2 * b + 1] = static_cast<scalar_t>(m > 0 ? static_cast<double>(N) * static_cast<double>(sumsq) : 0.0);
-      }
-    });
-  });
-  return out;
+  // Partial DFT on x' (H, P, W): y = x' cwg (H P, Vp), z = rwg^T y (2U, P Vp).
+  const int64_t Vp = padded_width(2 * b.V);
+  const at::Tensor y = at::mm(xs.view({H * P, W}), gemm_column_factor(b, acc));
+  const at::Tensor z = at::mm(gemm_row_factor(b, acc).t(), y.view({H, P * Vp}));
+  return {st.ratio_value(z, Vp, b, C, stats, complement), stats};
 }
 
-// ratio_b = sum_c E_low(x_bc / s_b) / E_all(x_b / s_b), s_b = max |x_b|; 0 for an all-zero sample.
-std::tuple<at::Tensor, at::Tensor> band_ratio(const at::Tensor& x, const c10::optional<at::Tensor>& weight, int64_t q_lo,
-                                              int64_t q_hi, int64_t path) {
-  const at::Tensor planes = as_planes(x);
-  const int64_t B = x.size(0), C = x.size(1);
-  const at::Tensor stats = sample_stats(planes, B);
-  const at::Tensor scale = stats.select(1, 0), e_all = stats.select(1, 1);
-  const at::Tensor inv = at::where(scale > 0, scale.reciprocal(), at::zeros_like(scale));
-  const Plan plan = make_plan(planes, weight, q_hi, path);
-  at::Tensor e_low = at::zeros({B}, planes.options());
-  if (!plan.empty())
-    e_low = energy_stage(spectrum(planes, plan), plan.rows, plan.weight, plan.H, plan.W, q_lo, q_hi, 2,
-                         inv.repeat_interleave(C))
-                .view({B, C})
-                .sum(1);
-  const at::Tensor ratio = at::where(e_all > 0, e_low / at::where(e_all > 0, e_all, at::ones_like(e_all)), at::zeros_like(e_all));
-  return {ratio, stats};
-}
-
-// d(sum_b grad_b ratio_b)/dx = (2 Re sum h m (X/s) e^{+i..} - ratio 2N (x/s)) grad / (s E_all(x/s)).
+// d(sum_b grad_b value_b)/dx = grad_b 2^e (2 S_b - 2 N rho_b x') / E_all(x'_b), S the band-weighted low-pass of x'
+// (negated for the complement). Launches (CUDA): fused, 1; partial, 7 (scale, two GEMMs, grad, two GEMMs,
+// combine).
 at::Tensor band_ratio_backward(const at::Tensor& grad, const at::Tensor& x, const c10::optional<at::Tensor>& weight,
-                               int64_t q_lo, int64_t q_hi, const at::Tensor& ratio, const at::Tensor& stats, int64_t path) {
-  const at::Tensor planes = as_planes(x);
-  const int64_t B = x.size(0), C = x.size(1), N = planes.size(1) * planes.size(2);
-  const at::Tensor st = stats.to(planes.scalar_type());
-  const at::Tensor scale = st.select(1, 0), e_all = st.select(1, 1);
-  const at::Tensor live = (e_all > 0).logical_and(scale > 0);
-  const at::Tensor inv = at::where(live, scale.reciprocal(), at::zeros_like(scale));
-  // k_b = grad_b / (s_b E_all_b): finite for s from 1e-30 to 1e30 because the 1/s factors are applied to x/s.
-  const at::Tensor k = at::where(live, grad.to(planes.scalar_type()) / (at::where(live, scale, at::ones_like(scale)) *
-                                                                         at::where(live, e_all, at::ones_like(e_all))),
-                                 at::zeros_like(e_all));
-  const Plan plan = make_plan(planes, weight, q_hi, path);
-  const at::Tensor dx = energy_gradient(planes, plan, q_lo, q_hi, 2, k.repeat_interleave(C), inv.repeat_interleave(C));
-  // dx -= (2 N k_b ratio_b) * (x / s_b), fused on the CPU so no temporary of x's size is made.
-  const at::Tensor coef = 2.0 * static_cast<double>(N) * k * ratio.to(planes.scalar_type());
-  const at::Tensor dxf = dx.view({B, -1});
-  const at::Tensor xf = planes.view({B, -1});
-  if (planes.is_cuda()) {
-    dxf.sub_(xf * inv.unsqueeze(1) * coef.unsqueeze(1));
-  } else {
-    AT_DISPATCH_FLOATING_TYPES(planes.scalar_type(), "jafr_ratio_backward", [&] {
-      const int64_t n_per = xf.size(1);
-      scalar_t* d = dxf.data_ptr<scalar_t>();
-      const scalar_t* xp = xf.data_ptr<scalar_t>();
-      const at::Tensor coef_c = coef.contiguous(), inv_c = inv.contiguous();
-      const scalar_t* cp = coef_c.data_ptr<scalar_t>();
-      const scalar_t* ipp = inv_c.data_ptr<scalar_t>();
-      at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t b = begin; b < end; ++b) {
-          scalar_t* db = d + b * n_per;
-          const scalar_t* xb = xp + b * n_per;
-          const scalar_t c = cp[b], f = ipp[b];
-          _Pragma("omp simd")
-          for (int64_t i = 0; i < n_per; ++i) db[i] -= c * (xb[i] * f);
-        }
-      });
-    });
+                               int64_t q_lo, int64_t q_hi, bool complement, const at::Tensor& value,
+                               const at::Tensor& stats, int64_t path, const Stages& st) {
+  check_planes(x, "x");
+  const int64_t B = x.size(0), C = x.size(1), P = B * C;
+  check_sample_vector(grad, B, "grad");
+  check_sample_vector(value, B, "value");
+  TORCH_CHECK(stats.dim() == 2 && stats.size(0) == B && stats.size(1) == 2, "jafr: stats must have shape (B, 2) = (",
+              B, ", 2), got ", stats.sizes());
+  const at::Tensor xc = x.contiguous();
+  const auto acc = compute_type(xc);
+  const at::Tensor g = grad.to(acc);  // any stride: an expanded grad (from a mean) is read in place
+  const at::Tensor val = value.to(acc).contiguous(), sts = stats.to(acc).contiguous();
+  const Bins b = make_bins(xc, weight, q_lo, q_hi, path, true, st);
+  const auto opts = xc.options().dtype(acc);
+  if (b.fused)
+    return st.fused_ratio_backward(g, xc, b, column_twiddles(b, opts), row_twiddles(b, opts), complement, val, sts);
+  const int64_t H = b.H, W = b.W;
+  if (b.empty()) return st.ratio_combine(at::zeros({P, H, W}, opts), false, xc, g, val, sts, complement);
+  if (b.full) {
+    const at::Tensor xs = std::get<0>(st.scale(xc, sts, false));
+    const at::Tensor spec = at::view_as_real(at::fft_rfft2(xs)).contiguous();
+    // N irfft2(G) = Re(sum h_v G e^{+i..}): the mask is symmetric, so G's edge columns are Hermitian.
+    const at::Tensor gs = st.ratio_grad(spec, 0, b, C, g, val, sts, complement, static_cast<double>(H * W), false);
+    const at::Tensor syn = at::fft_irfft2(at::view_as_complex(gs), at::IntArrayRef({H, W}));
+    return st.ratio_combine(syn, false, xc, g, val, sts, complement);
   }
-  return dx.view(x.sizes()).to(x.scalar_type());
+  // Partial DFT on x' (H, P, W) as in the forward, then its adjoint: q = rwg s (H, P Vp), syn = q cwg^T (H P, W).
+  const int64_t Vp = padded_width(2 * b.V);
+  const at::Tensor cwg = gemm_column_factor(b, opts), rwg = gemm_row_factor(b, opts);
+  const at::Tensor xs = std::get<0>(st.scale(xc, sts, true));
+  const at::Tensor y = at::mm(xs.view({H * P, W}), cwg);
+  const at::Tensor z = at::mm(rwg.t(), y.view({H, P * Vp}));
+  const at::Tensor s = st.ratio_grad(z, Vp, b, C, g, val, sts, complement, 1.0, true);
+  const at::Tensor q = at::mm(rwg, s.view({2 * b.U(), P * Vp}));
+  const at::Tensor syn = at::mm(q.view({H * P, Vp}), cwg.t());
+  return st.ratio_combine(syn, true, xc, g, val, sts, complement);
 }
 
 }  // namespace jafr
 
+// ---------------------------------------------------------------------------------------------- registration
+// One schema block for every op; implementations per dispatch key in spectral_cpu.cpp and spectral_cuda.cu.
+// `path`: 0 auto, 1 partial, 2 full, 3 fused (see spectral.h). q_lo/q_hi: inclusive limits on the integer squared
+// radius q = min(u, H-u)^2 W^2 + v^2 H^2 of the radial band, ignored where a weight map (H, W//2+1) is given.
+TORCH_LIBRARY(jafr_cpp, m) {
+  // (B, C) masked spectral energies sum h_v m |X|^power (power 1 or 2), in fp32 (fp64 for fp64 x).
+  m.def("energy(Tensor x, Tensor? weight, int q_lo, int q_hi, int power, int path) -> Tensor");
+  // Gradient of sum(grad * energy(x)) with respect to x, in x's dtype.
+  m.def("energy_backward(Tensor grad, Tensor x, Tensor? weight, int q_lo, int q_hi, int power, int path) -> Tensor");
+  // (H, W//2+1) mean over batch and channels of |rfft2(x)|, and its backward.
+  m.def("mean_magnitude(Tensor x) -> Tensor");
+  m.def("mean_magnitude_backward(Tensor grad, Tensor x) -> Tensor");
+  // Power-2 band ratio per sample: (value (B,), stats (B, 2)); value = rho or 1 - rho (complement), 0 for an
+  // all-zero sample, NaN for a sample holding NaN/Inf.
+  m.def("band_ratio(Tensor x, Tensor? weight, int q_lo, int q_hi, bool complement, int path) -> (Tensor, Tensor)");
+  // Gradient of sum(grad * value) with respect to x, in x's dtype; value and stats from band_ratio.
+  m.def(
+      "band_ratio_backward(Tensor grad, Tensor x, Tensor? weight, int q_lo, int q_hi, bool complement, Tensor value, "
+      "Tensor stats, int path) -> Tensor");
+}
+
+namespace {
+size_t table_cache_size() {
+  const std::lock_guard<std::mutex> lock(jafr::table_mutex);
+  return jafr::table_cache().size();
+}
+}  // namespace
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "jafr_kernels C++/CUDA backend: masked spectral energies and mean magnitude spectra, with backwards";
-  m.def("energy", &jafr::energy, "(B, C) masked spectral energies", py::arg("x"), py::arg("weight"), py::arg("q_lo"),
-        py::arg("q_hi"), py::arg("power"), py::arg("path") = 0);
-  m.def("energy_backward", &jafr::energy_backward, "gradient of sum(grad * energy(x)) w.r.t. x", py::arg("grad"),
-        py::arg("x"), py::arg("weight"), py::arg("q_lo"), py::arg("q_hi"), py::arg("power"), py::arg("path") = 0);
-  m.def("mean_magnitude", &jafr::mean_magnitude, "(H, W//2+1) mean over batch and channels of |rfft2(x)|", py::arg("x"));
-  m.def("mean_magnitude_backward", &jafr::mean_magnitude_backward, "gradient of sum(grad * mean_magnitude(x))",
-        py::arg("grad"), py::arg("x"));
-  m.def("band_ratio", &jafr::band_ratio, "fused (B,) low-band energy ratio for power 2, and per-sample stats (B, 2)",
-        py::arg("x"), py::arg("weight"), py::arg("q_lo"), py::arg("q_hi"), py::arg("path") = 0);
-  m.def("band_ratio_backward", &jafr::band_ratio_backward, "gradient of sum(grad * band_ratio(x)) w.r.t. x",
-        py::arg("grad"), py::arg("x"), py::arg("weight"), py::arg("q_lo"), py::arg("q_hi"), py::arg("ratio"),
-        py::arg("stats"), py::arg("path") = 0);
+  m.doc() = "jafr_kernels C++/CUDA backend; the ops live in torch.ops.jafr_cpp";
   m.def("built_with_cuda", [] {
 #ifdef JAFR_WITH_CUDA
     return true;
@@ -473,4 +383,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return false;
 #endif
   });
+  m.def("_table_cache_size", &table_cache_size, "number of cached constant tables (for tests)");
 }

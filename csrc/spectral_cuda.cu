@@ -1,119 +1,138 @@
-// CUDA per-bin stages of the C++ backend: the same maths as the CPU loops in spectral.cpp, from
-// spectral_math.h, with the radial mask generated from bin indices in registers.
+// CUDA stages of the C++ backend: every routine of spectral_math.h runs as one kernel with one thread block
+// per item (plane or sample) whose threads stride over the item's work, shared memory as the routine's
+// work buffer; and the ops registered for the CUDA dispatch key. The fused ratio is thus one kernel
+// forward and one kernel backward, with no host synchronisation (nothing is read back) and no per-call
+// host->device copy (the twiddle tables are cached by spectral.cpp).
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
-#include "spectral.h"
-#include "spectral_math.h"
+#include <climits>
+
+#include "spectral_stages.h"
 
 namespace jafr {
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = 256;  // a multiple of the warp size (block reductions assume it)
+constexpr int kScratch = 32;   // doubles of shared memory for block reductions, before the routine's work
 
-// One block per plane: each thread accumulates a strided subset of bins, then a shared-memory tree reduction.
-template <typename scalar_t>
-__global__ void energy_kernel(const scalar_t* __restrict__ spec, const int64_t* __restrict__ rows,
-                              const scalar_t* __restrict__ weight, int64_t U, int64_t V, int64_t H, int64_t W,
-                              int64_t q_lo, int64_t q_hi, int power, const scalar_t* __restrict__ inv_scale,
-                              scalar_t* __restrict__ out) {
-  __shared__ double partial[kThreads];
-  const int64_t p = blockIdx.x;
-  const scalar_t* sp = spec + p * U * V * 2;
-  const scalar_t f = inv_scale ? inv_scale[p] : scalar_t(1);
-  double acc = 0.0;
-  for (int64_t k = threadIdx.x; k < U * V; k += blockDim.x) {
-    const int64_t i = k / V, v = k % V;
-    const scalar_t m = mask_value<scalar_t>(rows[i], v, H, W, q_lo, q_hi, weight ? weight + k : nullptr);
-    if (m != scalar_t(0)) acc += static_cast<double>(m * hermitian_weight<scalar_t>(v, W) * bin_energy(f * sp[2 * k], f * sp[2 * k + 1], power));
+// Block-wide reduction (sum or max) of one double per thread; every thread gets the result.
+template <bool kMax>
+__device__ double block_reduce(double v, double* scratch) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const double other = __shfl_down_sync(0xffffffffu, v, o);
+    v = kMax ? (other > v ? other : v) : v + other;
   }
-  partial[threadIdx.x] = acc;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  __syncthreads();  // a previous reduction's readers of scratch[0] are done
+  if (lane == 0) scratch[warp] = v;
   __syncthreads();
-  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) partial[threadIdx.x] += partial[threadIdx.x + s];
-    __syncthreads();
+  if (warp == 0) {
+    v = lane < warps ? scratch[lane] : 0.0;  // 0 is the identity of both (|x| >= 0)
+    for (int o = 16; o > 0; o >>= 1) {
+      const double other = __shfl_down_sync(0xffffffffu, v, o);
+      v = kMax ? (other > v ? other : v) : v + other;
+    }
+    if (lane == 0) scratch[0] = v;
   }
-  if (threadIdx.x == 0) out[p] = static_cast<scalar_t>(partial[0]);
+  __syncthreads();
+  return scratch[0];
 }
 
-template <typename scalar_t>
-__global__ void energy_grad_kernel(const scalar_t* __restrict__ spec, const int64_t* __restrict__ rows,
-                                   const scalar_t* __restrict__ weight, int64_t P, int64_t U, int64_t V, int64_t H,
-                                   int64_t W, int64_t q_lo, int64_t q_hi, int power, const scalar_t* __restrict__ grad,
-                                   scalar_t scale, bool hermitian, const scalar_t* __restrict__ inv_scale,
-                                   scalar_t* __restrict__ out) {
-  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= P * U * V) return;
-  const int64_t k = idx % (U * V), p = idx / (U * V);
-  const int64_t i = k / V, v = k % V;
-  scalar_t m = mask_value<scalar_t>(rows[i], v, H, W, q_lo, q_hi, weight ? weight + k : nullptr);
-  if (hermitian) m *= hermitian_weight<scalar_t>(v, W);
-  const scalar_t f = inv_scale ? inv_scale[p] : scalar_t(1);
-  bin_energy_grad(f * spec[2 * idx], f * spec[2 * idx + 1], grad[p] * scale * m, power, out + 2 * idx, out + 2 * idx + 1);
+// The CUDA thread block as the routines see it (host bodies exist only to keep the routines' host
+// instantiations well-formed; they are never called).
+struct CudaBlock {
+  double* scratch;
+  JAFR_HD int thread() const {
+#ifdef __CUDA_ARCH__
+    return threadIdx.x;
+#else
+    return 0;
+#endif
+  }
+  JAFR_HD int threads() const {
+#ifdef __CUDA_ARCH__
+    return blockDim.x;
+#else
+    return 1;
+#endif
+  }
+  // Outputs by flat index k = r * cols + c: consecutive threads take consecutive columns.
+  template <class F>
+  JAFR_HD void for_2d(int rows, int cols, F&& f) const {
+#ifdef __CUDA_ARCH__
+    const int n = rows * cols;
+    for (int k = threadIdx.x; k < n; k += blockDim.x) f(k / cols, k % cols);
+#endif
+  }
+  // Runs of one cell each, by flat index (coalesced: consecutive threads take consecutive columns).
+  template <class F>
+  JAFR_HD void for_rows(int rows, int cols, F&& f) const {
+#ifdef __CUDA_ARCH__
+    const int n = rows * cols;
+    for (int k = threadIdx.x; k < n; k += blockDim.x) f(k / cols, k % cols, k % cols + 1);
+#endif
+  }
+  JAFR_HD void sync() const {
+#ifdef __CUDA_ARCH__
+    __syncthreads();
+#endif
+  }
+  JAFR_HD double sum(double v) const {
+#ifdef __CUDA_ARCH__
+    return block_reduce<false>(v, scratch);
+#else
+    return v;
+#endif
+  }
+  JAFR_HD double max(double v) const {
+#ifdef __CUDA_ARCH__
+    return block_reduce<true>(v, scratch);
+#else
+    return v;
+#endif
+  }
+};
+
+template <typename T, class R>
+__global__ void __launch_bounds__(kThreads) item_kernel(const R routine) {
+  extern __shared__ double jafr_shared[];
+  const CudaBlock blk{jafr_shared};
+  routine(blockIdx.x, blk, reinterpret_cast<T*>(jafr_shared + kScratch));
 }
 
-template <typename scalar_t>
-__global__ void phasor_kernel(const scalar_t* __restrict__ spec, const scalar_t* __restrict__ g, int64_t P, int64_t U,
-                              int64_t V, int64_t W, scalar_t scale, scalar_t* __restrict__ out) {
-  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= P * U * V) return;
-  const int64_t k = idx % (U * V), v = k % V;
-  const scalar_t f = scale * g[k] / hermitian_weight<scalar_t>(v, W);
-  bin_energy_grad(spec[2 * idx], spec[2 * idx + 1], f, 1, out + 2 * idx, out + 2 * idx + 1);
-}
-
-int64_t blocks_for(int64_t n) { return (n + kThreads - 1) / kThreads; }
+struct CudaExec {
+  static constexpr bool kFusedByDefault = true;
+  // One launch of item_kernel: a block of kThreads threads per item, dynamic shared memory for the
+  // reduction scratch plus the routine's work buffer (opted in above the 48 KiB default when needed).
+  template <typename T, class R>
+  static void run(int64_t items, const R& routine, const at::Tensor& like) {
+    if (items == 0) return;
+    TORCH_CHECK(items <= INT_MAX, "jafr: too many planes or samples for one launch (", items, ")");
+    const c10::cuda::CUDAGuard guard(like.device());
+    const size_t bytes = kScratch * sizeof(double) + static_cast<size_t>(routine.work_elems()) * sizeof(T);
+    const auto kernel = &item_kernel<T, R>;
+    if (bytes > 48 * 1024) {  // above the default limit: check the device's opt-in limit, then opt in
+      int limit = 0;
+      C10_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, like.device().index()));
+      TORCH_CHECK(bytes <= static_cast<size_t>(limit), "jafr: this routine needs ", bytes,
+                  " bytes of shared memory per block, more than the device's ", limit,
+                  " (the fused ratio serves planes up to ", kFusedMaxSide, "x", kFusedMaxSide, ")");
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+    }
+    kernel<<<static_cast<unsigned>(items), kThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(routine);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+};
 
 }  // namespace
 
-at::Tensor energy_stage_cuda(const at::Tensor& spec, const at::Tensor& rows, const at::Tensor& weight, int64_t H,
-                             int64_t W, int64_t q_lo, int64_t q_hi, int64_t power, const at::Tensor& inv_scale) {
-  const c10::cuda::CUDAGuard guard(spec.device());
-  const int64_t P = spec.size(0), U = spec.size(1), V = spec.size(2);
-  at::Tensor out = at::empty({P}, spec.options());
-  if (P == 0) return out;
-  const at::Tensor r = rows.to(spec.device()).contiguous();
-  AT_DISPATCH_FLOATING_TYPES(spec.scalar_type(), "jafr_energy_stage_cuda", [&] {
-    energy_kernel<scalar_t><<<P, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        spec.data_ptr<scalar_t>(), r.data_ptr<int64_t>(), weight.defined() ? weight.data_ptr<scalar_t>() : nullptr, U, V,
-        H, W, q_lo, q_hi, static_cast<int>(power), inv_scale.defined() ? inv_scale.data_ptr<scalar_t>() : nullptr,
-        out.data_ptr<scalar_t>());
-  });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return out;
-}
-
-at::Tensor energy_grad_stage_cuda(const at::Tensor& spec, const at::Tensor& rows, const at::Tensor& weight, int64_t H,
-                                  int64_t W, int64_t q_lo, int64_t q_hi, int64_t power, const at::Tensor& grad,
-                                  double scale, bool hermitian, const at::Tensor& inv_scale) {
-  const c10::cuda::CUDAGuard guard(spec.device());
-  const int64_t P = spec.size(0), U = spec.size(1), V = spec.size(2);
-  at::Tensor out = at::empty_like(spec);
-  if (P * U * V == 0) return out;
-  const at::Tensor r = rows.to(spec.device()).contiguous();
-  AT_DISPATCH_FLOATING_TYPES(spec.scalar_type(), "jafr_energy_grad_stage_cuda", [&] {
-    energy_grad_kernel<scalar_t><<<blocks_for(P * U * V), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        spec.data_ptr<scalar_t>(), r.data_ptr<int64_t>(), weight.defined() ? weight.data_ptr<scalar_t>() : nullptr, P, U,
-        V, H, W, q_lo, q_hi, static_cast<int>(power), grad.data_ptr<scalar_t>(), static_cast<scalar_t>(scale), hermitian,
-        inv_scale.defined() ? inv_scale.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>());
-  });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return out;
-}
-
-at::Tensor phasor_stage_cuda(const at::Tensor& spec, const at::Tensor& g, int64_t W, double scale) {
-  const c10::cuda::CUDAGuard guard(spec.device());
-  const int64_t P = spec.size(0), U = spec.size(1), V = spec.size(2);
-  at::Tensor out = at::empty_like(spec);
-  if (P * U * V == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES(spec.scalar_type(), "jafr_phasor_stage_cuda", [&] {
-    phasor_kernel<scalar_t><<<blocks_for(P * U * V), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        spec.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), P, U, V, W, static_cast<scalar_t>(scale),
-        out.data_ptr<scalar_t>());
-  });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return out;
+const Stages& cuda_stages() {
+  static const Stages stages = StageImpl<CudaExec>::table();
+  return stages;
 }
 
 }  // namespace jafr
+
+TORCH_LIBRARY_IMPL(jafr_cpp, CUDA, m) { jafr::OpsOn<jafr::cuda_stages>::impl(m); }

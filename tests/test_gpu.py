@@ -1,11 +1,17 @@
-"""GPU checks of the fused default path, for every GPU backend (run by ``scripts/device_check.sh``).
+"""GPU checks of the fused ratio penalty (run by scripts/device_check.sh on an H100/H200; skipped without CUDA).
 
-Through the public API, on CUDA tensors: values and gradients against the float64 reference, bf16 input,
-scales 1e-30 .. 1e30, zero and NaN samples, no host synchronisation on the default path
-(``torch.cuda.set_sync_debug_mode("error")``), and the device launches of one forward+backward. Skipped
-without a GPU. Tolerance: fp32 normwise relative 1e-5 (``conftest.TOLERANCE``); Triton's 3-pass TF32
-products carry ~5e-7 relative error per product, far inside it. bf16 input is exact once upcast, so it is
-compared with the reference on the upcast input at the fp32 tolerance.
+Two groups, every test marked ``gpu``:
+
+* the public API (``jk.freq_penalty``, ``jk.low_freq_ratio``) on the ``cuda`` and ``triton`` backends against the
+  float64 reference: headline and awkward shapes, bf16 input, extreme scales, zero and NaN samples, no host
+  synchronisation on the default path, and the ``cuda`` backend's launch budget;
+* the C++ extension's ops on CUDA tensors directly (``jafr_kernels.kernels.cpp``), on every transform path,
+  with their own launch count and sync check, so the CUDA kernels are checked whatever the API layer does.
+
+Tolerances: normwise relative error (conftest.rel_err) <= 1e-5 for fp32 maths. A bf16 input is exact once
+upcast, so values are compared at that fp32 tolerance against the reference on the upcast input; the gradient
+w.r.t. a bf16 input is itself bf16 (autograd returns the input's dtype), so it carries one bf16 rounding
+(relative 2^-9 per element): compared at 2^-8.
 """
 import pytest
 import torch
@@ -16,133 +22,260 @@ from jafr_kernels.reference import RadialBand
 
 from conftest import TOLERANCE, rel_err
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
-GPU_BACKENDS = ["triton", "cuda"]
+F32 = TOLERANCE[torch.float32]
+BF16_GRAD = 2.0**-8
 SHAPES = [(4096, 3, 32, 32), (256, 1, 28, 28), (8, 3, 31, 17), (4, 3, 64, 64), (2, 3, 224, 224)]
-TOL = TOLERANCE[torch.float32]
+HEADLINE = (4096, 3, 32, 32)
+CUTOFF = 0.25
 
 
-def _serve(backend):
-    why = backends.unavailable_reason(backend, torch.device("cuda")) if torch.cuda.is_available() else "no GPU"
+@pytest.fixture(params=["cuda", "triton"])
+def backend(request):
+    why = backends.unavailable_reason(request.param, torch.device("cuda"))
     if why is not None:
-        pytest.skip(f"{backend}: {why}")
+        pytest.skip(f"backend {request.param!r} unavailable: {why}")
+    return request.param
 
 
-def _jac(shape, seed=0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g).to(device="cuda", dtype=dtype)
+def make_input(shape, seed=0, dtype=torch.float32, scale=1.0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    return (torch.randn(shape, generator=g, device="cuda", dtype=torch.float64) * scale).to(dtype)
 
 
-def _reference(jac, cutoff, target, weights):
-    xr = jac.detach().double().requires_grad_(True)
-    p = reference.freq_penalty(xr, RadialBand.low(cutoff), target=target, reduction="none")
-    (g,) = torch.autograd.grad((p * weights.double()).sum(), xr)
-    return p.detach(), g
+def value_and_grad(fn, x, cotangent):
+    x = x.detach().requires_grad_(True)
+    out = fn(x)
+    (dx,) = torch.autograd.grad((out * cotangent.to(out.dtype)).sum(), x)
+    return out.detach(), dx
 
 
-def _ours(jac, cutoff, target, weights, backend):
-    x = jac.detach().clone().requires_grad_(True)
-    p = jk.freq_penalty(x, cutoff, target=target, reduction="none", backend=backend)
-    (g,) = torch.autograd.grad((p * weights).sum(), x)
-    return p.detach(), g
+def cotangent(b, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed + 7)
+    return torch.randn(b, generator=g, device="cuda", dtype=torch.float64)
 
 
-@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def penalty(backend, target):
+    return lambda t: jk.freq_penalty(t, CUTOFF, target=target, reduction="none", backend=backend)
+
+
+def reference_penalty(target):
+    return lambda t: reference.freq_penalty(t, RadialBand.low(CUTOFF), target, 2, "none")
+
+
+def check_against_reference(backend, x, value_tol=F32, grad_tol=F32, targets=("low", "high")):
+    r = cotangent(x.shape[0])
+    for target in targets:
+        val, dx = value_and_grad(penalty(backend, target), x, r)
+        ref, ref_dx = value_and_grad(reference_penalty(target), x.double(), r)
+        assert val.dtype == torch.float32 and dx.dtype == x.dtype, target
+        assert rel_err(val, ref) <= value_tol, target
+        assert rel_err(dx, ref_dx) <= grad_tol, target
+    val, dx = value_and_grad(lambda t: jk.low_freq_ratio(t, CUTOFF, backend=backend), x, r)
+    ref, ref_dx = value_and_grad(lambda t: reference.low_freq_ratio(t, RadialBand.low(CUTOFF)), x.double(), r)
+    assert rel_err(val, ref) <= value_tol and rel_err(dx, ref_dx) <= grad_tol, "low_freq_ratio"
+
+
+# ------------------------------------------------------------------------------------------------ public API
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("target", ["low", "high"])
-def test_penalty_matches_reference(backend, shape, target):
-    _serve(backend)
-    jac = _jac(shape, seed=shape[-1])
-    weights = torch.rand(shape[0], device="cuda")
-    p, g = _ours(jac, 0.25, target, weights, backend)
-    p_ref, g_ref = _reference(jac, 0.25, target, weights)
-    assert rel_err(p, p_ref) <= TOL and rel_err(g, g_ref) <= TOL
+def test_matches_reference(backend, shape):
+    check_against_reference(backend, make_input(shape, seed=shape[-1]))
 
 
-@pytest.mark.parametrize("backend", GPU_BACKENDS)
-def test_low_freq_ratio_and_band(backend):
-    _serve(backend)
-    jac = _jac((64, 3, 32, 32), seed=1)
-    for mask in (0.4, RadialBand.between(0.2, 0.6)):
-        r = jk.low_freq_ratio(jac, mask, backend=backend)
-        r_ref = reference.low_freq_ratio(jac.double(), mask if isinstance(mask, RadialBand) else RadialBand.low(mask))
-        assert rel_err(r, r_ref) <= TOL
+def test_mean_reduction_matches_reference(backend):
+    """The default reduction: the backward receives an expanded gradient."""
+    x = make_input(HEADLINE, seed=1)
+    val, dx = value_and_grad(lambda t: jk.freq_penalty(t, CUTOFF, backend=backend), x, torch.ones((), device="cuda"))
+    ref, ref_dx = value_and_grad(
+        lambda t: reference.freq_penalty(t, RadialBand.low(CUTOFF), "low", 2, "mean"), x.double(), torch.ones((), device="cuda")
+    )
+    assert rel_err(val, ref) <= F32 and rel_err(dx, ref_dx) <= F32
 
 
-@pytest.mark.parametrize("backend", GPU_BACKENDS)
-def test_bf16_input(backend):
-    _serve(backend)
-    jac = _jac((512, 3, 32, 32), seed=2, dtype=torch.bfloat16)
-    weights = torch.rand(512, device="cuda")
-    p, g = _ours(jac, 0.25, "low", weights, backend)
-    p_ref, g_ref = _reference(jac, 0.25, "low", weights)
-    assert p.dtype == torch.float32 and g.dtype == torch.bfloat16
-    assert rel_err(p, p_ref) <= TOL
-    assert rel_err(g, g_ref) <= 2.0**-7  # the gradient is rounded to bf16 (8 significant bits) on the store
+@pytest.mark.parametrize("shape", [HEADLINE, (4, 3, 64, 64)], ids=lambda s: "x".join(map(str, s)))
+def test_bf16_input(backend, shape):
+    x = make_input(shape, seed=2, dtype=torch.bfloat16)
+    check_against_reference(backend, x, value_tol=F32, grad_tol=BF16_GRAD)
 
 
-@pytest.mark.parametrize("backend", GPU_BACKENDS)
-@pytest.mark.parametrize("shape", [(6, 3, 32, 32), (6, 3, 224, 224)], ids=["dft", "fft"])
-def test_scales_zero_and_nan_samples(backend, shape):
-    _serve(backend)
-    base = _jac((1,) + shape[1:], seed=3)
-    scales = torch.tensor([1e-30, 1.0, 1e30, 0.0, 1.0, 1e15], device="cuda")
-    jac = base * scales[:, None, None, None]
-    jac[4, 0, 1, 1] = float("nan")
-    weights = torch.ones(6, device="cuda")
-    p, g = _ours(jac, 0.25, "low", weights, backend)
-    p_ref, g_ref = _reference(base, 0.25, "low", torch.ones(1, device="cuda"))
-    finite = [0, 1, 2, 5]
-    assert rel_err(p[finite], p_ref.expand(4)) <= TOL
-    for i in finite:
-        assert rel_err(g[i : i + 1].double() * float(scales[i]), g_ref) <= TOL
-    assert float(p[3]) == 0.0 and float(g[3].abs().max()) == 0.0  # zero sample: 0, zero gradient
-    assert torch.isnan(p[4])  # NaN propagates to that sample only
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_extreme_scales(backend, scale):
+    """fp32 holds |J| from 1e-30 to 1e30: the per-sample scale is taken inside the op."""
+    check_against_reference(backend, make_input((64, 3, 32, 32), seed=3, scale=scale))
 
 
-@pytest.mark.parametrize("backend", GPU_BACKENDS)
-@pytest.mark.parametrize("shape", [(256, 3, 32, 32), (8, 3, 224, 224)], ids=["dft", "fft"])
-def test_default_path_never_synchronises(backend, shape):
-    _serve(backend)
-    x = _jac(shape, seed=4).requires_grad_(True)
-    for _ in range(2):  # compilation, autotuning and cached tables first
-        torch.autograd.grad(jk.freq_penalty(x, backend=backend), x)
+def test_zero_samples(backend):
+    x = make_input((16, 3, 32, 32), seed=4)
+    x[[3, 9]] = 0
+    r = cotangent(16)
+    for target in ("low", "high"):
+        val, dx = value_and_grad(penalty(backend, target), x, r)
+        ref, ref_dx = value_and_grad(reference_penalty(target), x.double(), r)
+        assert bool((val[[3, 9]] == 0).all()) and bool((dx[[3, 9]] == 0).all()), target
+        assert rel_err(val, ref) <= F32 and rel_err(dx, ref_dx) <= F32, target
+
+
+def test_nan_sample_propagates(backend):
+    """A NaN in one sample gives that sample a NaN penalty (reduction='none'); the others are unaffected."""
+    x = make_input((16, 3, 32, 32), seed=5)
+    x[7, 2, 3, 4] = float("nan")
+    keep = [i for i in range(16) if i != 7]
+    for target in ("low", "high"):
+        val = jk.freq_penalty(x, CUTOFF, target=target, reduction="none", backend=backend)
+        ref = reference_penalty(target)(x[keep].double())
+        assert torch.isnan(val[7]), target
+        assert rel_err(val[keep], ref) <= F32, target
+
+
+def _sync_free(fn, x):
+    x = x.detach().requires_grad_(True)
+    torch.autograd.grad(fn(x), x)  # warm-up: compilation, autotuning, table caches
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        loss = jk.freq_penalty(x, backend=backend)
-        (g,) = torch.autograd.grad(loss, x)
-        ratio = jk.low_freq_ratio(x.detach(), backend=backend)
-        energy = jk.spectral_energy(x.detach(), RadialBand.low(0.3), backend=backend)
+        torch.autograd.grad(fn(x), x)
     finally:
-        torch.cuda.set_sync_debug_mode("default")
-    assert torch.isfinite(g).all() and torch.isfinite(ratio).all() and torch.isfinite(energy).all()
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
 
 
-def _device_launches(fn, calls=3):
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
+def test_default_path_has_no_host_sync(backend):
+    x = make_input(HEADLINE, seed=6)
+    _sync_free(lambda t: jk.freq_penalty(t, CUTOFF, backend=backend), x)
+    _sync_free(lambda t: jk.low_freq_ratio(t, CUTOFF, backend=backend).sum(), x)
 
+
+def count_device_ops(fn):
+    """Kernel launches plus memcpy/memset operations on the GPU during fn(), from torch.profiler."""
     fn()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            fn()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
         torch.cuda.synchronize()
-    events = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
-    return len(events) / calls, sorted({e.name for e in events})
+    device_events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return len(device_events), sorted({e.name for e in device_events})
 
 
-@pytest.mark.parametrize("backend,budget", [("triton", 5), ("cuda", 8)])
-def test_launches_per_forward_backward(backend, budget):
-    """Device launches of one freq_penalty forward+backward at (4096, 3, 32, 32): the fused kernels, the mean
-    and its backward, autograd's seed; triton: 2 kernels + <= 3 small ones, cuda: <= 8 in all."""
-    _serve(backend)
-    x = _jac((4096, 3, 32, 32), seed=5).requires_grad_(True)
-    launches, names = _device_launches(lambda: torch.autograd.grad(jk.freq_penalty(x, backend=backend), x))
-    print(f"{backend}: {launches:.0f} device launches per call: {names}")
-    assert launches <= budget, names
+def test_cuda_backend_launch_budget():
+    """One freq_penalty forward+backward at (4096, 3, 32, 32) issues at most 8 device operations."""
+    why = backends.unavailable_reason("cuda", torch.device("cuda"))
+    if why is not None:
+        pytest.skip(why)
+    x = make_input(HEADLINE, seed=7).requires_grad_(True)
+
+    def step():
+        torch.autograd.grad(jk.freq_penalty(x, CUTOFF, backend="cuda"), x)
+
+    count, names = count_device_ops(step)
+    assert count <= 8, (count, names)
+
+
+# ------------------------------------------------------------------------------------------------ extension ops on CUDA
+@pytest.fixture
+def cpp_cuda():
+    why = backends.unavailable_reason("cuda", torch.device("cuda"))
+    if why is not None:
+        pytest.skip(why)
+    from jafr_kernels.kernels import cpp
+
+    return cpp
+
+
+CPP_MASKS = {"low": RadialBand.low(CUTOFF), "high": RadialBand.high(0.3), "between": RadialBand.between(0.2, 0.7), "weights": None}
+
+
+@pytest.mark.parametrize("path", ["fused", "partial", "full", "auto"])
+@pytest.mark.parametrize("shape", [HEADLINE, (8, 3, 31, 17), (4, 1, 64, 64), (2, 3, 224, 224)], ids=lambda s: "x".join(map(str, s)))
+def test_cpp_ops_match_reference(cpp_cuda, monkeypatch, path, shape):
+    if path == "fused" and max(shape[-2:]) > 64:
+        pytest.skip("the fused CUDA kernel serves planes up to 64x64")
+    monkeypatch.setenv("JAFR_CPP_PATH", path)
+    b, _, h, w = shape
+    x = make_input(shape, seed=h + w)
+    grad = cotangent(b).float()
+    for name, band in CPP_MASKS.items():
+        if band is None:
+            g = torch.Generator(device="cuda").manual_seed(1)
+            weight = torch.rand(h, w // 2 + 1, generator=g, device="cuda")
+            weight = weight.masked_fill(weight < 0.3, 0.0)
+            q, mask = (0, reference.Q_MAX), weight.double()
+        else:
+            weight, q, mask = None, band.q_limits(h, w), band
+        for complement in (False, True):
+            value, stats = cpp_cuda.ratio(x, weight, *q, complement)
+            dx = cpp_cuda.ratio_backward(grad, x, weight, *q, complement, value, stats)
+            x64 = x.double().requires_grad_(True)
+            rho = reference.low_freq_ratio(x64, mask)
+            ref = 1.0 - rho if complement else rho
+            (ref_dx,) = torch.autograd.grad((ref * grad.double()).sum(), x64)
+            case = (name, complement)
+            assert rel_err(value, ref) <= F32 and rel_err(dx, ref_dx) <= F32, case
+
+
+@pytest.mark.parametrize("path", ["fused", "partial", "full"])
+def test_cpp_ops_special_samples(cpp_cuda, monkeypatch, path):
+    """Zero sample: 0 and zero gradient; NaN/Inf sample: NaN for it alone; 1e-30, 1e30 and subnormal samples."""
+    monkeypatch.setenv("JAFR_CPP_PATH", path)
+    x = make_input((6, 3, 32, 32), seed=9)
+    x[0] *= 1e-30
+    x[1] *= 1e30
+    x[2] = 0
+    x[3, 0, 1, 2] = float("nan")
+    x[4, 2, 0, 0] = float("inf")
+    x[5] *= 1e-39  # fp32 subnormals
+    q = RadialBand.low(CUTOFF).q_limits(32, 32)
+    grad = cotangent(6).float()
+    value, stats = cpp_cuda.ratio(x, None, *q, True)
+    dx = cpp_cuda.ratio_backward(grad, x, None, *q, True, value, stats)
+    assert value[2] == 0 and bool((dx[2] == 0).all())
+    assert bool(torch.isnan(value[3:5]).all())
+    finite = [0, 1, 5]
+    x64 = x[finite].double().requires_grad_(True)
+    ref = 1.0 - reference.low_freq_ratio(x64, RadialBand.low(CUTOFF))
+    (ref_dx,) = torch.autograd.grad((ref * grad[finite].double()).sum(), x64)
+    assert rel_err(value[finite], ref) <= F32
+    for i, j in enumerate(finite):  # per sample: their gradients differ by ~70 orders of magnitude
+        assert rel_err(dx[j], ref_dx[i]) <= F32, j
+
+
+def test_cpp_fused_launches_and_syncs(cpp_cuda, monkeypatch):
+    """The default (fused) path: one kernel forward, one backward, no host synchronisation."""
+    monkeypatch.setenv("JAFR_CPP_PATH", "auto")
+    x = make_input(HEADLINE, seed=10)
+    q = RadialBand.low(CUTOFF).q_limits(32, 32)
+    grad = torch.full((HEADLINE[0],), 1.0 / HEADLINE[0], device="cuda")
+
+    def step():
+        value, stats = cpp_cuda.ratio(x, None, *q, True)
+        return cpp_cuda.ratio_backward(grad, x, None, *q, True, value, stats)
+
+    count, names = count_device_ops(step)
+    assert count == 2, (count, names)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+
+
+def test_cpp_ops_registered_for_cuda(cpp_cuda):
+    for op in ("energy", "energy_backward", "mean_magnitude", "mean_magnitude_backward", "band_ratio", "band_ratio_backward"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"jafr_cpp::{op}", "CUDA"), op
+
+
+def test_triton_launch_budget():
+    """Triton at (4096, 3, 32, 32): the two fused kernels, plus the mean, its backward and autograd's seed."""
+    why = backends.unavailable_reason("triton", torch.device("cuda"))
+    if why is not None:
+        pytest.skip(why)
+    x = make_input(HEADLINE, seed=11).requires_grad_(True)
+    count, names = count_device_ops(lambda: torch.autograd.grad(jk.freq_penalty(x, CUTOFF, backend="triton"), x))
+    assert count <= 5, (count, names)
+    assert sum("_ratio" in n for n in names) == 2, names
+
+
+def test_large_planes_have_no_host_sync(backend):
+    """The FFT path (planes above 64x64) is sync-free too."""
+    _sync_free(lambda t: jk.freq_penalty(t, CUTOFF, backend=backend), make_input((8, 3, 224, 224), seed=12))

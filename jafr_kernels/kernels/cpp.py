@@ -1,15 +1,25 @@
-"""Launchers of the C++/CUDA extension ``jafr_kernels._C`` in the backend interface of ``backends``.
+"""Launchers of the C++/CUDA extension in the backend interface of ``backends``.
 
-The extension picks its transform per call (a partial DFT restricted to the bins the mask touches, or a
-full rfft2); ``JAFR_CPP_PATH=partial|full`` forces one, for tests and benchmarks.
+Importing ``jafr_kernels._C`` registers the ``jafr_cpp`` torch.library ops (``torch.ops.jafr_cpp.*``), with
+kernels for the CPU dispatch key and, when the extension was built with CUDA, the CUDA key; the functions
+below call them. Every op computes in fp32 (fp64 for fp64 input) whatever the input dtype.
+
+The extension picks its transform per call; ``JAFR_CPP_PATH`` forces one, for tests and benchmarks:
+``partial`` (a DFT restricted to the bins the mask touches, as two thin GEMMs), ``full`` (rfft2), ``fused``
+(the band ratio only: the per-sample routine that the CUDA backend runs as one kernel each way; on the CPU
+the same code runs serially per sample, which is how the CPU tests exercise the CUDA kernels' maths) or
+``auto`` (fused for planes up to 64x64, else partial or full by a cost model).
 """
 from __future__ import annotations
 
 import os
 
+import torch
+
 from jafr_kernels import _C
 
-_PATHS = {"auto": 0, "partial": 1, "full": 2}
+_PATHS = {"auto": 0, "partial": 1, "full": 2, "fused": 3}
+_ops = torch.ops.jafr_cpp
 
 
 def _path() -> int:
@@ -20,36 +30,74 @@ def _path() -> int:
 
 
 def built_with_cuda() -> bool:
+    """Whether the extension has its CUDA kernels (``jafr_cpp`` ops registered for the CUDA dispatch key)."""
     return bool(_C.built_with_cuda())
 
 
 def energy(x, weight, q_lo, q_hi, power):
-    return _C.energy(x, weight, q_lo, q_hi, power, _path())
+    """(B, C) masked energies ``sum h_v m |X|^power``; ``weight`` (H, W//2+1) or the band ``q_lo <= q <= q_hi``."""
+    return _ops.energy(x, weight, q_lo, q_hi, power, _path())
 
 
 def energy_backward(grad, x, weight, q_lo, q_hi, power):
-    return _C.energy_backward(grad, x, weight, q_lo, q_hi, power, _path())
+    return _ops.energy_backward(grad, x, weight, q_lo, q_hi, power, _path())
 
 
 def mean_magnitude(x):
-    return _C.mean_magnitude(x)
+    return _ops.mean_magnitude(x)
 
 
 def mean_magnitude_backward(grad, x):
-    return _C.mean_magnitude_backward(grad, x)
+    return _ops.mean_magnitude_backward(grad, x)
 
 
-def ratio(x, weight, q_lo, q_hi, complement):
-    """Fused power-2 ratio ``(value (B,), stats (B, 2))`` (interim adapter over the extension's band_ratio)."""
-    import torch
+def ratio(x, weight, q_lo, q_hi, complement: bool):
+    """Fused power-2 band ratio of each sample: ``(value (B,), stats (B, 2))``, both fp32 (fp64 for fp64 x).
 
-    r, stats = _C.band_ratio(x, weight, q_lo, q_hi, _path())
-    r = torch.where(torch.isnan(stats[:, 0]), float("nan"), r)
-    value = torch.where((stats[:, 1] == 0) & ~torch.isnan(r), 0.0, 1.0 - r) if complement else r
-    return value, stats
+    ``value_b = rho_b = sum_c E_band(x_bc) / E_all(x_b)``, or ``1 - rho_b`` with ``complement``; 0 for an
+    all-zero sample, NaN for a sample holding NaN or Inf. Each sample is scaled in-op by an exact power of
+    two, so any finite magnitude (subnormal included) is valid in fp32. ``stats`` is the state of
+    :func:`ratio_backward`: ``[e_b, E_all(x_b 2^e_b)]``.
+    """
+    return _ops.band_ratio(x, weight, q_lo, q_hi, bool(complement), _path())
 
 
-def ratio_backward(grad, x, weight, q_lo, q_hi, complement, value, stats):
-    r = 1.0 - value if complement else value
-    g = -grad if complement else grad
-    return _C.band_ratio_backward(g.contiguous(), x, weight, q_lo, q_hi, r, stats, _path())
+def ratio_backward(grad, x, weight, q_lo, q_hi, complement: bool, value, stats):
+    """Gradient of ``sum_b grad_b value_b`` with respect to x (dtype and shape of x); ``grad`` (B,), any stride."""
+    return _ops.band_ratio_backward(grad, x, weight, q_lo, q_hi, bool(complement), value, stats, _path())
+
+
+# Fake (meta) kernels, so the ops can be traced (torch.compile, opcheck) like the jafr:: ops above them.
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("jafr_cpp::energy")
+def _(x, weight, q_lo, q_hi, power, path):
+    return x.new_empty(x.shape[:2], dtype=_acc(x.dtype))
+
+
+@torch.library.register_fake("jafr_cpp::energy_backward")
+def _(grad, x, weight, q_lo, q_hi, power, path):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("jafr_cpp::mean_magnitude")
+def _(x):
+    return x.new_empty((x.shape[-2], x.shape[-1] // 2 + 1), dtype=_acc(x.dtype))
+
+
+@torch.library.register_fake("jafr_cpp::mean_magnitude_backward")
+def _(grad, x):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("jafr_cpp::band_ratio")
+def _(x, weight, q_lo, q_hi, complement, path):
+    acc = _acc(x.dtype)
+    return x.new_empty(x.shape[:1], dtype=acc), x.new_empty((x.shape[0], 2), dtype=acc)
+
+
+@torch.library.register_fake("jafr_cpp::band_ratio_backward")
+def _(grad, x, weight, q_lo, q_hi, complement, value, stats, path):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
