@@ -145,13 +145,17 @@ def _ratio_setup(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # stats never gets a gradient: no zero tensor is made for it
 
 
-def _ratio_backward(ctx, grad_value, grad_stats):
+def _ratio_input_grads(ctx, grad_value, backward):
+    """(dx, None, ...) for the six inputs of the ratio, dx from ``backward`` (the op, or the direct call)."""
     if grad_value is None:
         return None, None, None, None, None, None
     x, weight, value, stats = ctx.saved_tensors
     q_lo, q_hi, complement, backend = ctx.args
-    dx = band_ratio_backward_op(grad_value, x, weight, q_lo, q_hi, complement, value, stats, backend)
-    return dx, None, None, None, None, None
+    return backward(grad_value, x, weight, q_lo, q_hi, complement, value, stats, backend), None, None, None, None, None
+
+
+def _ratio_backward(ctx, grad_value, grad_stats):
+    return _ratio_input_grads(ctx, grad_value, band_ratio_backward_op)
 
 
 band_ratio_op.register_autograd(_ratio_backward, setup_context=_ratio_setup)
@@ -169,12 +173,7 @@ class _BandRatio(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_value, grad_stats):
-        if grad_value is None:
-            return None, None, None, None, None, None
-        x, weight, value, stats = ctx.saved_tensors
-        q_lo, q_hi, complement, backend = ctx.args
-        dx = _ratio_grad(grad_value, x, weight, q_lo, q_hi, complement, value, stats, backend)
-        return dx, None, None, None, None, None
+        return _ratio_input_grads(ctx, grad_value, _ratio_grad)
 
 
 def band_ratio(x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, complement: bool,

@@ -4,9 +4,25 @@ import os
 
 import torch
 
-# Triton reads TRITON_INTERPRET when it is imported, so this must run before any test module imports it.
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+# Where the Triton tests run: the compiled kernels on a GPU, the interpreter on CPU tensors otherwise
+# (JAFR_TRITON_TEST_DEVICE forces one). Triton reads TRITON_INTERPRET when it is first imported, so this
+# must run before any test module imports it.
+import sys  # noqa: E402
+
+TRITON_TEST_DEVICE = os.environ.get("JAFR_TRITON_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+_TRITON_ALREADY_COMPILED = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET", "0") != "1"
+if TRITON_TEST_DEVICE == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"
+
+
+def triton_tests_skip_reason():
+    """Why the Triton test modules cannot run here (None if they can)."""
+    if TRITON_TEST_DEVICE == "cuda" and not torch.cuda.is_available():
+        return "JAFR_TRITON_TEST_DEVICE=cuda but no CUDA device is visible"
+    if TRITON_TEST_DEVICE == "cpu" and _TRITON_ALREADY_COMPILED:
+        return ("triton was imported before TRITON_INTERPRET=1 was set, so its kernels cannot run on CPU tensors; "
+                "run the Triton test files on their own")
+    return None
 
 import pytest  # noqa: E402
 

@@ -1,31 +1,22 @@
 """The Triton backend against the float64 reference (``jafr_kernels.reference``).
 
 Without a GPU these tests run the kernels with the Triton interpreter on CPU tensors; on a CUDA machine
-(or with ``JAFR_TRITON_TEST_DEVICE=cuda``, as ``scripts/gpu_check.sh`` does) the same tests run the
+(or with ``JAFR_TRITON_TEST_DEVICE=cuda``, as ``scripts/device_check.sh`` does) the same tests run the
 compiled kernels on the GPU, plus the ``gpu``-marked ones. ``JAFR_TRITON_TEST_DEVICE=cpu`` forces the
 interpreter.
 
 TRITON_INTERPRET must be set before ``triton`` is first imported (its standard library is ``@jit``-decorated
 at import time, and ``triton.jit`` picks interpreter or compiler when it decorates), so ``tests/conftest.py``
-sets it on GPU-less machines, and this module sets it too when it runs first; if triton was already
-imported in compiled mode, the interpreter tests are skipped with that reason (run this file on its own).
+sets it on GPU-less machines; if triton was already imported in compiled mode, the interpreter tests are
+skipped with that reason (run this file on its own).
 
 Tolerances (one table, ``TOL``): the kernels compute in fp32 (two chained DFT matrix products, or cuFFT,
 then a sum over bins), whose normwise error is a few 1e-7 for these sizes (unit roundoff 6e-8 times a
 small multiple of log2(N)); 1e-4 relative leaves two orders of margin yet catches any wrong weight,
 mask bin or sign, which changes results by >= 1e-2. fp64 runs must match to 1e-10.
 """
-import os
-import sys
-
+import pytest
 import torch
-
-_DEVICE = os.environ.get("JAFR_TRITON_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
-_TRITON_ALREADY_COMPILED = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET", "0") != "1"
-if _DEVICE == "cpu":
-    os.environ["TRITON_INTERPRET"] = "1"
-
-import pytest  # noqa: E402
 
 pytest.importorskip("triton")
 
@@ -33,20 +24,13 @@ import jafr_kernels as jk  # noqa: E402
 from jafr_kernels import backends, reference  # noqa: E402
 from jafr_kernels.reference import RadialBand  # noqa: E402
 
-from conftest import rel_err as _rel_err  # noqa: E402
+from conftest import TRITON_TEST_DEVICE, rel_err as _rel_err, triton_tests_skip_reason  # noqa: E402
 
-if _DEVICE == "cuda" and not torch.cuda.is_available():
-    pytest.skip("JAFR_TRITON_TEST_DEVICE=cuda but no CUDA device is visible", allow_module_level=True)
-if _DEVICE == "cpu" and _TRITON_ALREADY_COMPILED:
-    pytest.skip(
-        "triton was imported before TRITON_INTERPRET=1 was set, so its kernels cannot run on CPU tensors; "
-        "set TRITON_INTERPRET=1 in tests/conftest.py before anything imports triton, or run "
-        "`pytest tests/test_triton.py` on its own",
-        allow_module_level=True,
-    )
+if triton_tests_skip_reason():
+    pytest.skip(triton_tests_skip_reason(), allow_module_level=True)
 
-INTERPRETED = _DEVICE == "cpu"
-DEVICE = torch.device(_DEVICE)
+INTERPRETED = TRITON_TEST_DEVICE == "cpu"
+DEVICE = torch.device(TRITON_TEST_DEVICE)
 TOL = {torch.float32: 1e-4, torch.float16: 1e-4, torch.bfloat16: 1e-4, torch.float64: 1e-10}
 
 from jafr_kernels.kernels import triton_spectral as ts  # noqa: E402

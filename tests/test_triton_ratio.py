@@ -5,17 +5,8 @@ Tolerance: normwise relative error <= 1e-5 in fp32 (``conftest.TOLERANCE``). The
 fp32 sums whose terms are two chained products deep; its error is a few 1e-7 (interpreter: IEEE; GPU: the
 3-pass TF32 split, ~5e-7 per product), while a wrong Hermitian weight, band bound or sign moves it by >= 1e-3.
 """
-import os
-import sys
-
+import pytest
 import torch
-
-_DEVICE = os.environ.get("JAFR_TRITON_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
-_TRITON_ALREADY_COMPILED = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET", "0") != "1"
-if _DEVICE == "cpu":
-    os.environ["TRITON_INTERPRET"] = "1"
-
-import pytest  # noqa: E402
 
 pytest.importorskip("triton")
 
@@ -23,16 +14,14 @@ import jafr_kernels as jk  # noqa: E402
 from jafr_kernels import reference  # noqa: E402
 from jafr_kernels.reference import RadialBand  # noqa: E402
 
-from conftest import TOLERANCE, rel_err  # noqa: E402
+from conftest import TOLERANCE, TRITON_TEST_DEVICE, rel_err, triton_tests_skip_reason  # noqa: E402
 
-if _DEVICE == "cuda" and not torch.cuda.is_available():
-    pytest.skip("JAFR_TRITON_TEST_DEVICE=cuda but no CUDA device is visible", allow_module_level=True)
-if _DEVICE == "cpu" and _TRITON_ALREADY_COMPILED:
-    pytest.skip("triton was imported before TRITON_INTERPRET=1 was set; run this file on its own", allow_module_level=True)
+if triton_tests_skip_reason():
+    pytest.skip(triton_tests_skip_reason(), allow_module_level=True)
 
 from jafr_kernels.kernels import triton_ratio as tr  # noqa: E402
 
-DEVICE = torch.device(_DEVICE)
+DEVICE = torch.device(TRITON_TEST_DEVICE)
 TOL = TOLERANCE[torch.float32]
 
 # 17x33 and 31x17 sit just past a block boundary; 96x80 takes the FFT path.
