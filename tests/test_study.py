@@ -1,5 +1,6 @@
 """The study: device budgets, the composed training configuration, the report (mean ± CI, paired verdicts,
 trade-off) rebuilt from files on disk, and tiny end-to-end studies: reuse of finished runs, failed runs, CLI."""
+import dataclasses
 import json
 import os
 
@@ -257,3 +258,28 @@ def test_a_diverged_run_is_recorded_as_failed(tmp_path, monkeypatch, counted):
     counted["train"].clear()
     run_study(_tiny(tmp_path))  # the same settings diverge again: not retried
     assert counted["train"] == []
+
+
+def test_a_claim_at_the_floor_is_flagged(tmp_path):
+    root = tmp_path / "s"
+    cfg = _fake_study(str(root), tmp_path)
+    for run in plan_runs(cfg):
+        if run.label in ("standard", "jafr_high"):
+            path = root / run.folder / "eval.json"
+            ev = json.load(open(path))
+            ev["adversarial"]["pgd_ce"] = dict.fromkeys(ev["adversarial"]["pgd_ce"], 0.001 * (run.seed + 1))
+            json.dump(ev, open(path, "w"))
+    text = open(build_report(str(root))).read()
+    row = next(line for line in text.splitlines() if line.startswith("| jafr_high vs standard | PGD"))
+    assert row.endswith("every value below 1 %: the measure is at its floor |")
+    row = next(line for line in text.splitlines() if line.startswith("| jafr_low vs standard | PGD"))
+    assert "floor" not in row
+
+
+def test_saved_configs_without_a_new_field_count_as_its_default():
+    tc = TrainConfig(device="cpu").resolved()
+    saved = dataclasses.asdict(tc)
+    del saved["gradalign_lambda"]
+    assert S._result_fields(saved) == S._result_fields(tc)
+    saved["lr"] = 0.5
+    assert S._result_fields(saved) != S._result_fields(tc)

@@ -30,6 +30,7 @@ METRICS = (
     ("corruption_all", "all corr.", 100), ("fgsm", "FGSM", 100), ("pgd_ce", "PGD-CE", 100), ("pgd_cw", "PGD-CW", 100),
     ("jacobian_low_freq_ratio", "J low-freq ratio", 1), ("heat_map_error", "Fourier map mean error", 1),
 )
+FLOOR = 0.01  # a claim whose every value lies below 1 % accuracy cannot show a difference: the report says so
 TRADEOFF_METRICS = (
     ("jacobian_low_freq_ratio", "J low-freq ratio", 1), ("clean", "clean (%)", 100),
     ("corruption_low", "low-freq corruptions (%)", 100), ("corruption_high", "high-freq corruptions (%)", 100),
@@ -150,9 +151,10 @@ def verdicts(data: dict) -> list[dict]:
         v = stats.paired_verdict({s: m.get(claim.metric) for s, m in method.items()},
                                  {s: m.get(claim.metric) for s, m in base.items()}, claim.expected)
         diffs = [method[s][claim.metric] - base[s][claim.metric] for s in v.seeds]
+        values = [m[claim.metric] for arm in (method, base) for s, m in arm.items() if s in v.seeds]
         rows.append({"label": claim.label, "baseline": claim.baseline, "metric": claim.metric, "what": claim.what,
                      "expected": claim.expected, "mean": v.diff.mean, "ci": v.diff.half_width, "n": v.diff.n,
-                     "per_seed": diffs, "verdict": v.verdict})
+                     "per_seed": diffs, "verdict": v.verdict, "floor": bool(values) and max(values) < FLOOR})
     return rows
 
 
@@ -476,10 +478,12 @@ def _training_text(study: dict) -> str:
 
 def _verdict_cell(r: dict) -> str:
     if r["verdict"] == stats.DISAGREES:
-        return "**disagrees**"
-    if r["verdict"] == stats.WITHIN_NOISE:
-        return f"within noise (CI [{100 * (r['mean'] - r['ci']):+.1f}, {100 * (r['mean'] + r['ci']):+.1f}] pp)"
-    return r["verdict"]
+        text = "**disagrees**"
+    elif r["verdict"] == stats.WITHIN_NOISE:
+        text = f"within noise (CI [{100 * (r['mean'] - r['ci']):+.1f}, {100 * (r['mean'] + r['ci']):+.1f}] pp)"
+    else:
+        text = r["verdict"]
+    return text + ("; every value below 1 %: the measure is at its floor" if r.get("floor") else "")
 
 
 def write_markdown(data: dict, summary: dict, rows: list[dict], tradeoffs: dict, path: str) -> None:

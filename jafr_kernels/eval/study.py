@@ -63,7 +63,7 @@ class Budget:
 # `make study` (setup included) within 15 minutes on 2 idle cores; the CUDA default takes about 5 minutes
 # on one H100/H200.
 BUDGETS = {
-    "cpu": Budget(seeds=3, epochs=1, eval_subset=2000, adv_subset=500, heat_map_images=100, pgd_steps=10, pgd_restarts=1),
+    "cpu": Budget(seeds=3, epochs=1, eval_subset=1000, adv_subset=500, heat_map_images=100, pgd_steps=10, pgd_restarts=1),
     "cuda": Budget(seeds=3, epochs=3, eval_subset=None, adv_subset=1000, heat_map_images=500, pgd_steps=10, pgd_restarts=1),
 }
 # --full: the paper's setting (PreAct ResNet-18, 30 epochs, full test set, PGD-50 x 10, 1000 heat-map images).
@@ -251,12 +251,13 @@ def run_train_config(cfg: StudyConfig, run: Run, root: str) -> TrainConfig:
 
 
 def _result_fields(tc) -> dict:
-    """The fields of a (resolved) training config that decide its result."""
+    """The fields of a (resolved) training config that decide its result; a field missing from a saved config
+    (one written before the field existed) counts as TrainConfig's default."""
     d = tc if isinstance(tc, dict) else dataclasses.asdict(tc)
-    return {k: v for k, v in d.items() if k not in _RESULT_FREE and k in _TRAIN_FIELDS}
+    return {k: d.get(k, default) for k, default in _TRAIN_DEFAULTS.items() if k not in _RESULT_FREE}
 
 
-_TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+_TRAIN_DEFAULTS = dataclasses.asdict(TrainConfig())
 
 
 # --------------------------------------------------------------------------- data
