@@ -92,9 +92,9 @@ NUMBERS = {
 }
 
 
-def _fake_study(root, tmp_path):
+def _fake_study(root, tmp_path, lams=(0.1, 1.0), cutoffs=None):
     cfg = StudyConfig(name="s", train=TrainConfig(model=None, device="cpu"), methods=("standard", "jafr:low", "jafr:high"),
-                      seeds=3, lams=(0.1, 1.0), eval_subset=100, adv_subset=50, out_root=str(tmp_path)).resolved()
+                      seeds=3, lams=lams, cutoffs=cutoffs, eval_subset=100, adv_subset=50, out_root=str(tmp_path)).resolved()
     runs = plan_runs(cfg)
     os.makedirs(root, exist_ok=True)
     for run in runs:
@@ -283,3 +283,18 @@ def test_saved_configs_without_a_new_field_count_as_its_default():
     assert S._result_fields(saved) == S._result_fields(tc)
     saved["lr"] = 0.5
     assert S._result_fields(saved) != S._result_fields(tc)
+
+
+def test_cutoff_tradeoff_measures_the_ratio_at_each_runs_cutoff(tmp_path):
+    root = tmp_path / "s"
+    cfg = _fake_study(str(root), tmp_path, lams=(0.1,), cutoffs=(0.25, 0.5))
+    for run in plan_runs(cfg):  # J's ratio at 0.5: the baseline 0.5, JaFR runs at cutoff 0.5 higher
+        path = root / run.folder / "eval.json"
+        ev = json.load(open(path))
+        ev["jacobian"]["ratio_by_cutoff"]["0.5"] = 0.5 if run.cutoff is None else (0.9 if run.cutoff == 0.5 else 0.7)
+        json.dump(ev, open(path, "w"))
+    text = open(build_report(str(root))).read()
+    assert "## Trade-off against cutoff" in text and "## Trade-off against λ" not in text
+    assert "| jafr_low | 0.5 | 0.900 ± 0.000 |" in text
+    assert "| standard (baseline) | 0.5 | 0.500 ± 0.000 |" in text and "| standard (baseline) | 0.25 | 0.300 ± 0.025 |" in text
+    assert os.path.exists(root / TRADEOFF_FIGURES["cutoff"])
