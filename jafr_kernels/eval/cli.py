@@ -124,8 +124,8 @@ def register(subparsers) -> None:
         help="train several methods and write a robustness report (runs/<name>/report.md)",
         description="Train standard, JaFR (low/high target) and adversarially trained models on the same data and seed, "
         "evaluate clean / corruption / adversarial accuracy and frequency analyses, and write runs/<name>/report.md. "
-        "The default is sized by device (printed at the start): on a CPU, 3 seeds on Fashion-MNIST within about "
-        "10 minutes on 2 cores; on a GPU, a larger study in about 5 minutes. Finished runs are reused.",
+        "The default is sized by the device and printed at the start: on a CPU, 3 seeds on Fashion-MNIST (under 10 "
+        "minutes on 2 idle cores); on a GPU, 3 seeds of a larger study (about 5 minutes). Finished runs are reused.",
     )
     p.add_argument("--name", default="study", help="study folder name under --out-root (default: study)")
     p.add_argument("--out-root", default="runs")

@@ -425,7 +425,8 @@ def _read_json(path: str):
 def _device_name(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
-    return f"{platform.processor() or platform.machine()} CPU ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"{platform.processor() or platform.machine()} CPU ({threads} thread{'s' if threads != 1 else ''})"
 
 
 def _study_record(cfg: StudyConfig, x: Tensor, runs: list[Run], status: dict) -> dict:
