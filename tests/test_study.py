@@ -170,8 +170,8 @@ def _tiny(tmp_path, **kw):
 @pytest.fixture
 def counted(monkeypatch):
     """Record the (method, seed, lam) of every training and every evaluation the study starts."""
-    calls = {"train": [], "eval": 0}
-    real_train, real_eval = train_pkg.train_model, S.evaluate_model
+    calls = {"train": [], "eval": 0, "character": 0}
+    real_train, real_eval, real_character = train_pkg.train_model, S.evaluate_model, S.corruption_character
 
     def train(cfg, *a, **k):
         calls["train"].append((cfg.method, cfg.seed, cfg.lam))
@@ -181,8 +181,13 @@ def counted(monkeypatch):
         calls["eval"] += 1
         return real_eval(*a, **k)
 
+    def character(*a, **k):
+        calls["character"] += 1
+        return real_character(*a, **k)
+
     monkeypatch.setattr(train_pkg, "train_model", train)
     monkeypatch.setattr(S, "evaluate_model", evaluate)
+    monkeypatch.setattr(S, "corruption_character", character)
     return calls
 
 
@@ -223,9 +228,10 @@ def test_tiny_study_end_to_end_and_reuse(tmp_path, counted):
     counted["eval"] = 0
     run_study(_tiny(tmp_path, seeds=3, lams=(0.1, 0.3)))
     assert counted["train"] == [] and counted["eval"] == 0
+    assert counted["character"] == 1  # measured once: the evaluation settings never changed
     # other evaluation settings: re-evaluated from the checkpoints, not retrained
     run_study(_tiny(tmp_path, seeds=1, eval_subset=16))
-    assert counted["train"] == [] and counted["eval"] == 2
+    assert counted["train"] == [] and counted["eval"] == 2 and counted["character"] == 2
 
     # the report is rebuilt from disk by the command line, without training
     os.remove(root / "report.md")

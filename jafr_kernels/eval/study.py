@@ -506,14 +506,17 @@ def run_study(cfg: StudyConfig) -> str:
     x, y, idx = eval_set(cfg.train.dataset, cfg.train.data_dir, cfg.budget.eval_subset, cfg.eval_seed)
     x, y = x.to(cfg.train.device), y.to(cfg.train.device)
     source = corruption_source(cfg, x, idx, info.channels)
-    character = corruption_character(cfg, x, source)
-    _write_json(os.path.join(root, "corruptions.json"), {
-        "source": source.source, "cutoff": cfg.primary_cutoff, "threshold": C.LOW_FREQ_THRESHOLD,
-        "n": min(CHARACTER_IMAGES, int(x.shape[0])), "character": character, "groups": C.frequency_groups(character),
-        "not_generated": C.NOT_GENERATED if isinstance(source, GeneratedCorruptions) else {},
-    })
-    _write_json(os.path.join(root, "images.json"), spectrum_summary(x.cpu(), cutoff=cfg.primary_cutoff))
     key = evaluation_key(cfg, idx, source)
+    corr_path = os.path.join(root, "corruptions.json")
+    saved = _read_json(corr_path)
+    if saved is None or saved.get("evaluation_key") != key:  # measured once per evaluation setting
+        character = corruption_character(cfg, x, source)
+        _write_json(corr_path, {
+            "source": source.source, "cutoff": cfg.primary_cutoff, "threshold": C.LOW_FREQ_THRESHOLD,
+            "n": min(CHARACTER_IMAGES, int(x.shape[0])), "character": character, "groups": C.frequency_groups(character),
+            "not_generated": C.NOT_GENERATED if isinstance(source, GeneratedCorruptions) else {}, "evaluation_key": key,
+        })
+    _write_json(os.path.join(root, "images.json"), spectrum_summary(x.cpu(), cutoff=cfg.primary_cutoff))
     status: dict = {}
     _write_json(os.path.join(root, "study.json"), _study_record(cfg, x, runs, status))
 
