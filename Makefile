@@ -1,5 +1,6 @@
 # jafr_kernels: setup, tests, the study, benchmarks. Run as root on a fresh Debian machine:
-#   make study   # set up everything, then run the Fashion-MNIST study (runs/study/report.md)
+#   make study   # set up everything, then run the Fashion-MNIST study (runs/study/report.md); its size follows
+#                # the device (3 seeds on a CPU, a larger study on a GPU); STUDY_ARGS="--seeds 5" etc. change it
 #   make test    # set up everything, then run the test suite
 SHELL := /bin/bash
 PY ?= python3
@@ -36,7 +37,7 @@ test: setup
 	JAFR_REQUIRE_EXTENSION=1 JAFR_REQUIRE_CUDA_BUILD=$${JAFR_REQUIRE_CUDA_BUILD:-1} $(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 study: setup
-	$(VENV)/bin/jafr study $(STUDY_ARGS)
+	time $(VENV)/bin/jafr study $(STUDY_ARGS)
 
 bench: setup
 	$(PYTHON) -m benchmarks $(BENCH_ARGS)

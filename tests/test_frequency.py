@@ -75,6 +75,12 @@ def test_input_gradients_closed_form_and_spectrum():
     assert out["low_freq_ratio"] == pytest.approx(float(jk.low_freq_ratio(expected, 0.3).mean()), rel=1e-10)
     full = torch.fft.fft2(expected).abs().mean(dim=(0, 1))
     torch.testing.assert_close(torch.tensor(out["spectrum"], dtype=torch.float64), torch.fft.fftshift(full), rtol=1e-10, atol=1e-12)
+    # J's ratio at every recorded cutoff (the grid, the study's cutoffs) is the mean per-image ratio there
+    out = jacobian_spectrum(model, x, y, cutoff=0.3, cutoffs=(0.33,), batch_size=2)
+    assert {"0.05", "0.25", "0.3", "0.33", "1"} <= set(out["ratio_by_cutoff"])
+    for key, value in out["ratio_by_cutoff"].items():
+        assert value == pytest.approx(float(jk.low_freq_ratio(expected, float(key)).mean()), rel=1e-10)
+    assert out["ratio_by_cutoff"]["0.3"] == out["low_freq_ratio"]
 
 
 def test_spectrum_summary_of_images():
@@ -150,3 +156,16 @@ def test_heat_map_of_a_high_pass_model_is_the_mirror_image():
     r = centred(half_to_full(normalised_radius(h, w), w))
     assert float(err[r <= cutoff].max()) == 0.0
     assert float(err[r > cutoff].mean()) > 0.2
+
+
+@pytest.mark.parametrize("h,w", [(28, 28), (9, 6), (7, 11)])
+def test_low_freq_ratios_match_the_api_at_every_cutoff(h, w):
+    from jafr_kernels.eval.frequency import low_freq_ratios
+
+    x = torch.randn((4, 3, h, w), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x[2] = 0  # an all-zero sample has ratio 0
+    cutoffs = (0.05, 0.25, 0.5, 1.0, math.sqrt(2))
+    got = low_freq_ratios(x, cutoffs)
+    for c in cutoffs:
+        torch.testing.assert_close(got[c], jk.low_freq_ratio(x, c), rtol=1e-10, atol=1e-12)
+    assert float(got[0.25][2]) == 0.0 and float(got[math.sqrt(2)][0]) == pytest.approx(1.0)

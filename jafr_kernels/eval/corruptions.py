@@ -3,9 +3,13 @@
 Every corruption takes images ``x`` of shape (B, C, H, W) with values in [0, 1] (any H, W; C = 1 or 3;
 float32 or float64), a severity 1..5 and a ``torch.Generator`` that makes it deterministic, and returns a
 tensor of the same shape, dtype and device with values in [0, 1]. Parameters follow ``make_cifar_c.py``
-(the published CIFAR-10-C generator); this is a reimplementation, so it reproduces the distributions of
-the published files, not their pixels (motion blur there goes through ImageMagick). When the published
-``.npy`` files are on disk, :mod:`jafr_kernels.eval.corruption_data` reads them instead.
+(the published CIFAR-10-C generator): the 15 standard corruptions but frost, and the 4 extra ones
+(gaussian_blur, saturate, spatter, speckle_noise). Frost cannot be generated: it blends crops of published
+frost photographs (:data:`NOT_GENERATED`). This is a reimplementation, so it reproduces the distributions of
+the published files, not their pixels (motion blur and snow there go through ImageMagick, spatter's edges
+through OpenCV). When the published ``.npy`` files are on disk, :mod:`jafr_kernels.eval.corruption_data`
+reads them instead. :func:`generate` seeds each (corruption, severity) from a hash of the study seed and
+the name, so adding or reordering corruptions changes no other corruption's draws.
 
 The frequency character of each corruption is measured, not assumed: :func:`difference_low_freq_ratio`
 gives the low-frequency ratio of ``corrupted - clean`` (via :func:`jafr_kernels.low_freq_ratio`), and
@@ -13,8 +17,9 @@ gives the low-frequency ratio of ``corrupted - clean`` (via :func:`jafr_kernels.
 """
 from __future__ import annotations
 
+import hashlib
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +45,15 @@ JPEG_QUALITY = (80, 65, 58, 50, 40)
 PIXELATE = (0.95, 0.9, 0.85, 0.75, 0.65)
 # (alpha, sigma, affine) as fractions of the image side (make_cifar_c.py uses IMSIZE * these).
 ELASTIC = ((0.0, 0.0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05), (0.1, 0.03, 0.03))
+# (layer mean, layer std, zoom, threshold, motion-blur radius, motion-blur sigma, blend)
+SNOW = ((0.1, 0.2, 1.0, 0.6, 8, 3, 0.95), (0.1, 0.2, 1.0, 0.5, 10, 4, 0.9), (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
+        (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85), (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8))
+# (layer mean, layer std, blur sigma, threshold, intensity (water) or mud blur sigma (mud), kind)
+SPATTER = ((0.62, 0.1, 0.7, 0.7, 0.5, "water"), (0.65, 0.1, 0.8, 0.7, 0.5, "water"), (0.65, 0.3, 1.0, 0.69, 0.5, "water"),
+           (0.65, 0.1, 0.7, 0.69, 0.6, "mud"), (0.65, 0.1, 0.5, 0.68, 0.6, "mud"))
+WATER_RGB = (175 / 255, 238 / 255, 238 / 255)  # pale turquoise
+MUD_RGB = (63 / 255, 42 / 255, 20 / 255)  # mud brown
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 luma weights (RGB -> grey)
 
 
 def _check(x: Tensor, severity: int) -> None:
@@ -155,12 +169,10 @@ def defocus_blur(x: Tensor, severity: int, generator: torch.Generator) -> Tensor
     return _conv_planes(x, _disk_kernel(radius, alias)).clamp(0, 1)
 
 
-def motion_blur(x: Tensor, severity: int, generator: torch.Generator) -> Tensor:
-    """One-sided linear motion blur of ``radius`` pixels with Gaussian tap weights, angle U(-45, 45) deg per image."""
-    _check(x, severity)
-    radius, sigma = MOTION_BLUR[severity - 1]
+def _motion(x: Tensor, radius: int, sigma: float, angle: Tensor) -> Tensor:
+    """One-sided linear motion blur: ``out(p) = sum_t w_t x(p + t (cos a, sin a))``, t = 0..radius pixels,
+    Gaussian tap weights ``w_t ~ exp(-t^2 / 2 sigma^2)``, one angle (radians, y pointing down) per image."""
     b, _, h, w = x.shape
-    angle = (_rand((b,), generator, x) * 90 - 45) * math.pi / 180
     base = _identity_grid(b, h, w, x)
     taps = torch.arange(radius + 1, dtype=x.dtype, device=x.device)
     weights = torch.exp(-0.5 * (taps / sigma) ** 2)
@@ -169,7 +181,15 @@ def motion_blur(x: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     for t, wt in zip(taps, weights):
         shift = torch.stack([t * torch.cos(angle) * 2 / w, t * torch.sin(angle) * 2 / h], dim=-1)
         out = out + wt * _sample(x, base + shift[:, None, None, :], padding_mode="border")
-    return out.clamp(0, 1)
+    return out
+
+
+def motion_blur(x: Tensor, severity: int, generator: torch.Generator) -> Tensor:
+    """One-sided linear motion blur of ``radius`` pixels with Gaussian tap weights, angle U(-45, 45) deg per image."""
+    _check(x, severity)
+    radius, sigma = MOTION_BLUR[severity - 1]
+    angle = (_rand((x.shape[0],), generator, x) * 90 - 45) * math.pi / 180
+    return _motion(x, radius, sigma, angle).clamp(0, 1)
 
 
 def glass_blur(x: Tensor, severity: int, generator: torch.Generator) -> Tensor:
@@ -340,6 +360,104 @@ def elastic_transform(x: Tensor, severity: int, generator: torch.Generator) -> T
     return _sample(x, grid).clamp(0, 1)
 
 
+def _grey(x: Tensor) -> Tensor:
+    """(B, 1, H, W) luma of RGB images (ITU-R 601 weights); grayscale images unchanged."""
+    if x.shape[1] == 1:
+        return x
+    weights = torch.tensor(LUMA, dtype=x.dtype, device=x.device)[None, :, None, None]
+    return (x * weights).sum(dim=1, keepdim=True)
+
+
+def _colour(rgb, x: Tensor) -> Tensor:
+    """An RGB colour as a (1, C, 1, 1) tensor for images like ``x`` (its luma for grayscale images)."""
+    c = torch.tensor(rgb, dtype=x.dtype, device=x.device)[None, :, None, None]
+    return _grey(c) if x.shape[1] == 1 else c
+
+
+def snow(x: Tensor, severity: int, generator: torch.Generator) -> Tensor:
+    """Falling snow: a thresholded, zoomed Gaussian layer, motion-blurred, added twice (and rotated 180 degrees).
+
+    With ``(mean, std, zoom, threshold, radius, sigma, blend) = SNOW[s-1]``: one single-channel layer
+    ``N(mean, std^2)`` per image is zoomed into its centre by ``zoom``, values below ``threshold`` are zeroed,
+    the layer (clipped to [0, 1]) is motion-blurred (``radius`` pixels, Gaussian taps of ``sigma``, angle
+    U(-135, -45) degrees); the image is whitened as ``blend x + (1 - blend) max(x, 1.5 grey(x) + 0.5)`` and
+    the layer plus its 180-degree rotation are added. The published generator blurs through ImageMagick, so
+    the flakes' streak profile differs from it in detail.
+    """
+    _check(x, severity)
+    mean, std, zoom, threshold, radius, sigma, blend = SNOW[severity - 1]
+    b, _, h, w = x.shape
+    layer = mean + std * _randn((b, 1, h, w), generator, x)
+    if zoom != 1:
+        layer = _zoom(layer, zoom)
+    layer = torch.where(layer < threshold, torch.zeros_like(layer), layer).clamp(0, 1)
+    angle = (_rand((b,), generator, x) * 90 - 135) * math.pi / 180
+    layer = _motion(layer, radius, sigma, angle)
+    whitened = blend * x + (1 - blend) * torch.maximum(x, 1.5 * _grey(x) + 0.5)
+    return (whitened + layer + layer.flip(-2, -1)).clamp(0, 1)
+
+
+def _edge_distance(mask: Tensor, limit: int = 20) -> Tensor:
+    """Chessboard distance (pixels, truncated at ``limit``) of every pixel to the nearest edge of a (B, 1, H, W)
+    boolean mask; edge pixels are those whose 3x3 neighbourhood holds both values (0 at an edge)."""
+    m = mask.to(torch.float32)
+    grown = F.max_pool2d(m, 3, 1, 1)
+    shrunk = -F.max_pool2d(-m, 3, 1, 1)
+    reached = (grown != shrunk).to(torch.float32)
+    dist = torch.full_like(m, float(limit))
+    dist[reached > 0] = 0
+    for d in range(1, limit):
+        if bool(reached.all()):
+            break
+        reached_next = F.max_pool2d(reached, 3, 1, 1)
+        dist[(reached_next > 0) & (reached == 0)] = d
+        reached = reached_next
+    return dist
+
+
+def _equalise(v: Tensor) -> Tensor:
+    """Per-image histogram equalisation: each value becomes the share of the image's values at or below it."""
+    flat = v.flatten(1)
+    ordered = flat.sort(dim=1).values
+    rank = torch.searchsorted(ordered, flat, right=True).to(v.dtype)
+    return (rank / flat.shape[1]).reshape(v.shape)
+
+
+_RELIEF = torch.tensor([[-2.0, -1.0, 0.0], [-1.0, 1.0, 1.0], [0.0, 1.0, 2.0]])  # emboss kernel: lit from bottom right
+
+
+def spatter(x: Tensor, severity: int, generator: torch.Generator) -> Tensor:
+    """Water drops (severities 1-3) or mud (4-5) splashed on the image.
+
+    With ``(mean, std, sigma, threshold, amount, kind) = SPATTER[s-1]``: a single-channel layer
+    ``N(mean, std^2)`` per image is blurred with ``sigma`` and thresholded (values below ``threshold`` zeroed).
+    *Water*: a relief map is built from the distance of every pixel to the edges of the wet region (truncated
+    at 20 px, 3x3 box blur, histogram equalisation, an emboss filter, 3x3 box blur); the liquid
+    ``layer * relief`` is scaled to a per-image maximum of ``amount`` and adds pale turquoise
+    (175, 238, 238)/255 to the image. *Mud*: the wet mask is blurred with ``sigma2 = amount``, values below
+    0.8 are dropped and mud brown (63, 42, 20)/255 replaces the image in proportion to the rest. Grayscale
+    images use the colours' luma. The published generator finds the edges with Canny (OpenCV) and uses an
+    exact Euclidean distance; here the edges of the thresholded mask and the chessboard distance stand in.
+    """
+    _check(x, severity)
+    mean, std, sigma, threshold, amount, kind = SPATTER[severity - 1]
+    b, _, h, w = x.shape
+    layer = gaussian_filter(mean + std * _randn((b, 1, h, w), generator, x), sigma)
+    layer = torch.where(layer < threshold, torch.zeros_like(layer), layer)
+    wet = layer > 0
+    if kind == "mud":
+        m = gaussian_filter(wet.to(x.dtype), amount)
+        m = torch.where(m < 0.8, torch.zeros_like(m), m)
+        return (x * (1 - m) + _colour(MUD_RGB, x) * m).clamp(0, 1)
+    box = torch.full((3, 3), 1.0 / 9)
+    dist = _conv_planes(_edge_distance(wet).to(x.dtype), box)
+    relief = _conv_planes(_conv_planes(_equalise(dist), _RELIEF).clamp(0, 1), box)
+    liquid = layer * relief
+    peak = liquid.amax(dim=(1, 2, 3), keepdim=True)
+    liquid = torch.where(peak > 0, liquid / peak.clamp_min(1e-12), liquid) * amount
+    return (x + liquid * _colour(WATER_RGB, x)).clamp(0, 1)
+
+
 # --------------------------------------------------------------------------- registry
 Corruption = Callable[[Tensor, int, torch.Generator], Tensor]
 
@@ -360,8 +478,12 @@ CORRUPTIONS: dict[str, Corruption] = {
     "elastic_transform": elastic_transform,
     "pixelate": pixelate,
     "jpeg_compression": jpeg_compression,
+    "snow": snow,
+    "spatter": spatter,
 }
 COLOUR_ONLY = ("saturate",)
+# Published CIFAR-10-C corruptions that cannot be generated here, and why.
+NOT_GENERATED = {"frost": "blends crops of six published frost photographs, which are not available here"}
 
 
 def available_corruptions(channels: int) -> list[str]:
@@ -374,6 +496,20 @@ def corrupt(x: Tensor, name: str, severity: int, generator: torch.Generator) -> 
     if name not in CORRUPTIONS:
         raise ValueError(f"unknown corruption {name!r}; choose from {sorted(CORRUPTIONS)}")
     return CORRUPTIONS[name](x, severity, generator)
+
+
+def corruption_seed(seed: int, name: str, severity: int) -> int:
+    """The generator seed of corruption ``name`` at ``severity`` in a study seeded by ``seed``: a hash of the
+    three, so it depends on neither the corruption's position in :data:`CORRUPTIONS` nor the other corruptions."""
+    digest = hashlib.sha256(f"{int(seed)}/{name}/{int(severity)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def generate(x: Tensor, name: str, severity: int, seed: int = 0, batch_size: int = 1000) -> Tensor:
+    """``corrupt`` with the generator of :func:`corruption_seed`, in batches of ``batch_size`` images (one
+    generator across batches): the one way the study and :func:`frequency_character` draw corruptions."""
+    gen = torch.Generator(device=x.device).manual_seed(corruption_seed(seed, name, severity))
+    return torch.cat([corrupt(x[i : i + batch_size], name, severity, gen) for i in range(0, x.shape[0], batch_size)])
 
 
 # --------------------------------------------------------------------------- frequency character
@@ -400,16 +536,22 @@ def frequency_character(
     cutoff: float = 0.25,
     seed: int = 0,
     severities=(1, 2, 3, 4, 5),
+    corrupted: Optional[Callable[[str, int], Tensor]] = None,
 ) -> dict[str, dict[str, float]]:
     """Measured low-frequency ratio of ``corrupted - clean`` per corruption and severity.
+
+    Args:
+        x: clean images (N, C, H, W) in [0, 1].
+        corrupted: ``(name, severity) -> images`` matching ``x`` (e.g. read from published files); default:
+            :func:`generate` with ``seed``.
 
     Returns ``{name: {"1": ratio, ..., "5": ratio, "mean": mean over severities}}`` (JSON-ready).
     """
     names = available_corruptions(x.shape[1]) if names is None else names
+    load = corrupted or (lambda name, s: generate(x, name, s, seed))
     out: dict[str, dict[str, float]] = {}
-    for i, name in enumerate(names):
-        gen = torch.Generator(device=x.device).manual_seed(seed * 1000 + i)
-        per = {str(s): difference_low_freq_ratio(x, corrupt(x, name, s, gen), cutoff) for s in severities}
+    for name in names:
+        per = {str(s): difference_low_freq_ratio(x, load(name, s), cutoff) for s in severities}
         vals = [v for v in per.values() if not math.isnan(v)]
         per["mean"] = sum(vals) / len(vals) if vals else float("nan")
         out[name] = per

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 import jafr_kernels as jk
-from jafr_kernels.reference import hermitian_weight, normalised_radius
+from jafr_kernels.reference import RadialBand, hermitian_weight, normalised_radius, squared_radius_index
 from jafr_kernels.train.objective import input_gradients  # re-exported: the per-example J of the analyses
 
 
@@ -80,12 +80,39 @@ def spectrum_summary(x: Tensor, *, cutoff: float = 0.25, nbins: int = 16) -> dic
     }
 
 
+# Cutoffs at which J's low-frequency ratio is always recorded, so a study can add a cutoff without
+# re-evaluating its finished runs (keys: cutoff_key).
+RATIO_CUTOFFS = tuple(round(0.05 * k, 2) for k in range(1, 21))
+
+
+def cutoff_key(cutoff: float) -> str:
+    """The JSON key of a cutoff: ``"0.25"`` (``%g``)."""
+    return f"{float(cutoff):g}"
+
+
+def low_freq_ratios(x: Tensor, cutoffs) -> dict[float, Tensor]:
+    """``{cutoff: (B,) low-frequency ratio of x at r <= cutoff}`` from one float64 FFT: the same bins
+    (:class:`RadialBand` limits) and the same value as ``jk.low_freq_ratio(x, cutoff)`` at every cutoff (0 for
+    an all-zero sample)."""
+    h, w = x.shape[-2:]
+    power = torch.fft.rfft2(x.to(torch.float64)).abs().square().sum(dim=1) * hermitian_weight(w, x.device)  # (B, H, W//2+1)
+    total = power.flatten(1).sum(dim=1)
+    q = squared_radius_index(h, w, x.device)
+    out = {}
+    for c in cutoffs:
+        lo, hi = RadialBand.low(float(c)).q_limits(h, w)
+        low = (power * ((q >= lo) & (q <= hi))).flatten(1).sum(dim=1)
+        out[c] = torch.where(total > 0, low / total.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(total))
+    return out
+
+
 def jacobian_spectrum(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
     *,
     cutoff: float = 0.25,
+    cutoffs=(),
     batch_size: int = 250,
     nbins: int = 16,
     device="cpu",
@@ -93,22 +120,28 @@ def jacobian_spectrum(
     """Frequency profile of the model's input gradients on images ``x`` (N, C, H, W) with labels ``y`` (N,).
 
     Returns ``{"spectrum": (H, W) centred mean |F J| as nested lists, "radial": radial profile,
-    "low_freq_ratio": mean over images of the low-band (r <= cutoff) energy share of J}``; eval-mode model.
+    "low_freq_ratio": mean over images of the low-band (r <= cutoff) energy share of J,
+    "ratio_by_cutoff": {cutoff_key: the same at every cutoff of RATIO_CUTOFFS, ``cutoff`` and ``cutoffs``}}``;
+    eval-mode model.
     """
     model.eval()
     h, w = x.shape[-2:]
+    grid = sorted({float(c) for c in (*RATIO_CUTOFFS, cutoff, *cutoffs)})
     total = torch.zeros((h, w // 2 + 1), dtype=torch.float64)
-    ratios = []
+    sums = dict.fromkeys(grid, 0.0)
     for i in range(0, x.shape[0], batch_size):
         xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
         jac = input_gradients(model, xb, yb).to(torch.float64)
         total += jk.mean_magnitude(jac).cpu() * xb.shape[0]
-        ratios.append(jk.low_freq_ratio(jac, cutoff).cpu())
+        for c, ratio in low_freq_ratios(jac, grid).items():
+            sums[c] += float(ratio.sum())
     half = total / x.shape[0]
+    by_cutoff = {cutoff_key(c): v / x.shape[0] for c, v in sums.items()}
     return {
         "spectrum": centred(half_to_full(half, w)).tolist(),
         "radial": radial_profile(half, w, nbins),
-        "low_freq_ratio": float(torch.cat(ratios).mean()),
+        "low_freq_ratio": by_cutoff[cutoff_key(cutoff)],
+        "ratio_by_cutoff": by_cutoff,
     }
 
 

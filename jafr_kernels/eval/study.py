@@ -1,20 +1,26 @@
-"""The JaFR study: train several methods on the same data and seed, evaluate each, write a report.
+"""The JaFR study: train several methods over several seeds (and λ / cutoff values), evaluate each, report.
 
-:func:`run_study` trains (through :mod:`jafr_kernels.train`) and evaluates every method of a
-:class:`StudyConfig`, writing ``runs/<name>/<label>/eval.json`` per method plus the study-level files read by
-:func:`jafr_kernels.eval.report.build_report`. :func:`evaluate_model` is the per-model evaluation (clean,
-every corruption x severity, FGSM/PGD at several radii, Jacobian spectrum, Fourier heat map) and works on
-any classifier.
+:func:`run_study` plans one run per (method, λ, cutoff, seed) of a :class:`StudyConfig` (methods without
+JaFR once per seed), trains each through :mod:`jafr_kernels.train` and evaluates it with
+:func:`evaluate_model`, writing ``runs/<name>/<arm>/seed<k>/eval.json`` plus the study-level files read by
+:func:`jafr_kernels.eval.report.build_report`. Finished runs are reused: a run whose ``eval.json`` was made
+from the same training configuration and evaluation settings is neither retrained nor re-evaluated, so
+adding a seed or a λ value to a finished study trains only what is new.
+
+Every run of a study is evaluated on the same test images, with the same corruption draws and attack
+starts (``eval_seed``); the seeds vary only training (initialisation, data order, augmentation, attacks).
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
-import math
 import os
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
+from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -22,96 +28,236 @@ from torch import Tensor, nn
 from jafr_kernels.eval import corruptions as C
 from jafr_kernels.eval.adversarial import autoattack_accuracy, clean_accuracy, eps_key, evaluate_adversarial
 from jafr_kernels.eval.frequency import default_heat_map_eps, fourier_heat_map, jacobian_spectrum, spectrum_summary
+from jafr_kernels.train.loop import NonFiniteLossError, TrainConfig
+from jafr_kernels.train.methods import DEFAULT_STUDY, RunSpec, parse
 
-DEFAULT_METHODS = ("standard", "jafr:low", "jafr:high", "fgsm", "fgsm+jafr")
+DEFAULT_METHODS = DEFAULT_STUDY
 EPS_SCALES = (0.5, 1.0, 1.5, 2.0)  # PGD radii as multiples of the dataset eps: {4, 8, 12, 16}/255 on CIFAR
+CHARACTER_IMAGES = 500  # images on which the corruptions' frequency character is measured
+ALL = "all"  # eval_subset / adv_subset: every image
 
-# λ for the ratio formulation, from the sweep in docs/study.md (the paper's 0.001 is the official scale)
-DEFAULT_LAMBDA = {"ratio": 0.1, "official": 0.001}
+# Fields of TrainConfig that do not change a run's result (ignored when deciding whether a run can be reused).
+_RESULT_FREE = ("progress", "resume", "out_dir", "data_dir", "device", "ckpt_every")
 
 
-def parse_method(spec: str) -> tuple[str, str, str]:
-    """``"jafr:high"`` -> (label ``"jafr_high"``, method ``"jafr"``, target ``"high"``); target defaults to low.
+@dataclass(frozen=True)
+class Budget:
+    """How big a study is: seeds, training epochs and evaluation sizes (``None`` images: all of them)."""
 
-    Methods without JaFR (standard, fgsm, pgd, gradalign) keep their name as the label.
-    """
-    method, sep, target = spec.partition(":")
-    if "jafr" not in method:
-        if sep:
-            raise ValueError(f"only JaFR methods take a target (method:low|high), got {spec!r}")
-        return method, method, "low"
-    target = target or "low"
-    if target not in ("low", "high"):
-        raise ValueError(f"method target must be 'low' or 'high', got {spec!r}")
-    label = f"{method}_{target}" if (sep or method == "jafr") else method
-    return label, method, target
+    seeds: int
+    epochs: int
+    eval_subset: Optional[int]
+    adv_subset: Optional[int]
+    heat_map_images: int
+    pgd_steps: int
+    pgd_restarts: int
+
+    def describe(self) -> str:
+        evaluated = "the full test set" if self.eval_subset is None else f"{self.eval_subset} test images"
+        attacked = "all of them" if self.adv_subset is None else f"the first {self.adv_subset}"
+        return (f"{self.seeds} seed(s), {self.epochs} epoch(s) per run, {evaluated} (clean, corruptions, Jacobian),"
+                f" PGD-{self.pgd_steps} x {self.pgd_restarts} on {attacked}, Fourier heat map on {self.heat_map_images}")
+
+
+# Device defaults, sized from measured single-seed times (docs/study.md, "Budgets"): the CPU default keeps
+# `make study` (setup included) within 15 minutes on 2 idle cores; the CUDA default takes about 5 minutes
+# on one H100/H200.
+BUDGETS = {
+    "cpu": Budget(seeds=3, epochs=1, eval_subset=1000, adv_subset=500, heat_map_images=100, pgd_steps=10, pgd_restarts=1),
+    "cuda": Budget(seeds=3, epochs=3, eval_subset=None, adv_subset=1000, heat_map_images=500, pgd_steps=10, pgd_restarts=1),
+}
+# --full: the paper's setting (PreAct ResNet-18, 30 epochs, full test set, PGD-50 x 10, 1000 heat-map images).
+FULL = dict(epochs=30, eval_subset=None, adv_subset=None, heat_map_images=1000, pgd_steps=50, pgd_restarts=10)
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; anything else unchanged."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
 
 
 @dataclass
 class StudyConfig:
-    """Settings of a study. Defaults are the embedded CPU study (within 15 minutes on 2 cores): one epoch
-    over the 60000 training images per method; 2000 evaluation images (clean, corruptions, Jacobian
-    spectrum), of which the first 500 are attacked with PGD-10 and the first 100 give the Fourier heat map.
+    """Settings of a study.
 
-    ``full=True`` switches to the paper's setting: PreAct ResNet-18, 30 epochs, the full test set (clean,
-    corruptions and attacks), PGD-50 x 10 restarts, 1000 images for the Fourier heat map.
+    ``train`` is the template of every run's :class:`TrainConfig` (model, batch size, lr and schedule, eps,
+    formulation, jacobian mode, bf16, dtype, fd_h, freeze_bn, augmentation, GradAlign weight, ...); the study
+    sets per run its method, target, λ, cutoff, seed and folder, and resets the fields a method does not use
+    (:attr:`jafr_kernels.train.methods.Method.unused_fields`). ``train.model=None`` picks small_cnn on
+    Fashion-MNIST and preact_resnet18 otherwise; ``train.device="auto"`` picks CUDA when present.
+
+    The size fields (``seeds``, ``epochs``, ``eval_subset``, ``adv_subset``, ``heat_map_images``,
+    ``pgd_steps``, ``pgd_restarts``) default to ``None``: the device's :data:`BUDGETS` entry (``epochs``
+    replaces ``train.epochs``). ``seeds`` is a count (seeds ``train.seed``, ``train.seed + 1``, ...) or a list;
+    ``eval_subset`` / ``adv_subset`` take ``"all"``. ``lams`` / ``cutoffs``: lists of JaFR weights and cutoffs
+    (default: ``train.lam`` or the formulation's λ, and ``train.cutoff``); every JaFR method runs at each.
+    ``full=True`` is the paper's setting (:data:`FULL`, PreAct ResNet-18).
     """
 
     name: str = "study"
-    dataset: str = "fashion_mnist"
-    data_dir: str | None = None
-    corruption_dir: str | None = None  # published CIFAR-10-C / -100-C / Tiny-ImageNet-C files, if any
-    model: str | None = None  # default: small_cnn (Fashion-MNIST), preact_resnet18 otherwise
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(model=None, device="auto"))
     methods: tuple = DEFAULT_METHODS
-    epochs: int = 1
-    max_steps: int | None = None
-    train_subset: int | None = None  # first N training images (one epoch over them); None: all
-    batch_size: int = 128
-    lam: float | None = None  # default from DEFAULT_LAMBDA[formulation]
-    cutoff: float = 0.25
-    formulation: str = "ratio"
-    jacobian_mode: str = "double_backward"
-    lr: float | None = None
-    eps: float | None = None  # default: the dataset's (0.1 Fashion-MNIST, 8/255 otherwise)
-    eval_subset: int | None = 2000  # clean, corruptions, Jacobian spectrum; None: full test set
-    adv_subset: int | None = 500  # first images of the evaluation set attacked; None: all of them
-    pgd_steps: int = 10
-    pgd_restarts: int = 1
+    seeds: Union[int, tuple, None] = None
+    lams: Optional[tuple] = None
+    cutoffs: Optional[tuple] = None
+    epochs: Optional[int] = None
+    eval_subset: Union[int, str, None] = None
+    adv_subset: Union[int, str, None] = None
+    heat_map_images: Optional[int] = None
+    pgd_steps: Optional[int] = None
+    pgd_restarts: Optional[int] = None
     cw: bool = True
-    heat_map_images: int = 100
-    heat_map_eps: float | None = None  # default: Yin et al.'s 4.0 at 32x32, scaled by image size
+    heat_map_eps: Optional[float] = None  # default: Yin et al.'s 4.0 at 32x32, scaled by image size
     severities: tuple = (1, 2, 3, 4, 5)
-    corruptions: tuple | None = None  # default: every one that applies to the channel count
+    corruptions: Optional[tuple] = None  # default: every generated one that applies to the channel count
+    corruption_dir: Optional[str] = None  # published CIFAR-10-C / -100-C / Tiny-ImageNet-C files, if any
     autoattack: bool = False
-    seed: int = 0
-    device: str = "cpu"
+    eval_seed: int = 0  # evaluation subset, corruption draws, attack starts, heat-map signs
     out_root: str = "runs"
     retrain: bool = False
     progress: bool = True
     full: bool = False
-    extra: dict = field(default_factory=dict)
+    # filled by resolved()
+    budget: Optional[Budget] = None
+    budget_origin: str = ""
+    seed_list: tuple = ()
+    specs: tuple = ()
 
     def resolved(self) -> "StudyConfig":
-        """A copy with every default filled in (dataset eps, model, λ, and the ``full`` setting)."""
+        """A copy with every default filled in: device, budget, model, eps, λ and cutoff lists, seeds, specs."""
         from jafr_kernels.train import dataset_info
 
-        info = dataset_info(self.dataset)
         cfg = dataclasses.replace(self)
+        device = resolve_device(cfg.train.device)
+        kind = "cuda" if device.startswith("cuda") else "cpu"
+        base = dataclasses.asdict(BUDGETS[kind])
+        origin = f"{kind.upper()} default"
         if cfg.full:
-            cfg.epochs, cfg.eval_subset, cfg.adv_subset, cfg.train_subset = max(cfg.epochs, 30), None, None, None
-            cfg.pgd_steps, cfg.pgd_restarts, cfg.heat_map_images = 50, 10, 1000
-            cfg.model = cfg.model or "preact_resnet18"
-        cfg.model = cfg.model or ("small_cnn" if info.name == "fashion_mnist" else "preact_resnet18")
-        cfg.eps = info.eps if cfg.eps is None else cfg.eps
-        cfg.lam = DEFAULT_LAMBDA[cfg.formulation] if cfg.lam is None else cfg.lam
+            base.update(FULL)
+            origin = f"--full (the paper's setting) on {kind.upper()}"
+        given = {}
+        for key in ("epochs", "eval_subset", "adv_subset", "heat_map_images", "pgd_steps", "pgd_restarts"):
+            value = getattr(cfg, key)
+            if value is not None:
+                given[key] = None if value == ALL else int(value)
+        if cfg.seeds is not None:
+            given["seeds"] = cfg.seeds if isinstance(cfg.seeds, int) else len(tuple(cfg.seeds))
+        base.update(given)
+        cfg.budget = Budget(**base)
+        cfg.budget_origin = origin + (f"; given: {', '.join(sorted(given))}" if given else "")
+
+        info = dataset_info(cfg.train.dataset)
+        model = cfg.train.model or ("small_cnn" if info.name == "fashion_mnist" and not cfg.full else "preact_resnet18")
+        cfg.train = dataclasses.replace(cfg.train, device=device, model=model, epochs=cfg.budget.epochs,
+                                        progress=cfg.progress).resolved()
+        first = cfg.train.seed
+        if cfg.seeds is None or isinstance(cfg.seeds, int):
+            cfg.seed_list = tuple(range(first, first + cfg.budget.seeds))
+        else:
+            cfg.seed_list = tuple(int(s) for s in cfg.seeds)
+        if not cfg.seed_list or len(set(cfg.seed_list)) != len(cfg.seed_list):
+            raise ValueError(f"seeds must be at least one distinct integer, got {cfg.seeds!r}")
+        cfg.lams = tuple(float(v) for v in (cfg.lams or (cfg.train.lam,)))
+        cfg.cutoffs = tuple(float(v) for v in (cfg.cutoffs or (cfg.train.cutoff,)))
+        if any(v < 0 for v in cfg.lams) or any(not 0 < c <= 2**0.5 for c in cfg.cutoffs):
+            raise ValueError(f"λ values must be >= 0 and cutoffs in (0, sqrt(2)]; got {cfg.lams}, {cfg.cutoffs}")
+        if cfg.train.formulation == "official" and len(cfg.cutoffs) > 1:
+            raise ValueError("the official formulation has no cutoff: give one --cutoff (it sets only the analyses' band)")
+        cfg.specs = tuple(s if isinstance(s, RunSpec) else parse(s) for s in cfg.methods)
+        labels = [s.label for s in cfg.specs]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"methods give duplicate run names: {labels}")
+        cfg.methods = tuple(str(s) for s in cfg.specs)
         cfg.heat_map_eps = default_heat_map_eps(info.image_size, info.image_size) if cfg.heat_map_eps is None else cfg.heat_map_eps
-        cfg.methods = tuple(cfg.methods)
         cfg.severities = tuple(cfg.severities)
         return cfg
 
     @property
+    def eps(self) -> float:
+        return self.train.eps
+
+    @property
     def eps_list(self) -> list[float]:
-        return [s * self.eps for s in EPS_SCALES]
+        return [s * self.train.eps for s in EPS_SCALES]
+
+    @property
+    def primary_lam(self) -> float:
+        """The λ of the headline and verdict tables: the formulation's default if listed, else the first."""
+        from jafr_kernels.train.methods import default_lambda
+
+        default = default_lambda(self.train.formulation)
+        return default if default in self.lams else self.lams[0]
+
+    @property
+    def primary_cutoff(self) -> float:
+        """The cutoff of the headline and verdict tables (and of every analysis): 0.25 if listed, else the first."""
+        default = TrainConfig.cutoff
+        return default if default in self.cutoffs else self.cutoffs[0]
+
+
+# --------------------------------------------------------------------------- runs
+@dataclass(frozen=True)
+class Run:
+    """One training run of a study: a method spec at one seed (and, for JaFR methods, one λ and cutoff)."""
+
+    spec: RunSpec
+    seed: int
+    lam: Optional[float] = None
+    cutoff: Optional[float] = None
+
+    @property
+    def label(self) -> str:
+        return self.spec.label
+
+    @property
+    def arm(self) -> str:
+        """The run without its seed: ``"standard"``, ``"jafr_low_lam0.1_cut0.25"`` (also its parent folder)."""
+        return self.label if self.lam is None else f"{self.label}_lam{self.lam:g}_cut{self.cutoff:g}"
+
+    @property
+    def folder(self) -> str:
+        return f"{self.arm}/seed{self.seed}"
+
+    def record(self) -> dict:
+        return {"folder": self.folder, "arm": self.arm, "label": self.label, "method": self.spec.method,
+                "target": self.spec.target if self.spec.info.jafr else None, "lam": self.lam, "cutoff": self.cutoff,
+                "seed": self.seed}
+
+
+def plan_runs(cfg: StudyConfig) -> list[Run]:
+    """Every run of a resolved study, seed by seed (so an interrupted study holds whole seeds)."""
+    runs = []
+    for seed in cfg.seed_list:
+        for spec in cfg.specs:
+            if spec.info.jafr:
+                runs += [Run(spec, seed, lam, cut) for lam in cfg.lams for cut in cfg.cutoffs]
+            else:
+                runs.append(Run(spec, seed))
+    return runs
+
+
+def run_train_config(cfg: StudyConfig, run: Run, root: str) -> TrainConfig:
+    """The resolved TrainConfig of ``run``: the study's template with the run's method, target, λ, cutoff and
+    seed, and the fields the method does not use reset to TrainConfig's defaults."""
+    info = run.spec.info
+    tc = dataclasses.replace(cfg.train, method=info.name, target=run.spec.target, seed=run.seed,
+                             lam=run.lam if run.lam is not None else cfg.train.lam,
+                             cutoff=run.cutoff if run.cutoff is not None else cfg.train.cutoff,
+                             out_dir=os.path.join(root, run.folder), progress=cfg.progress)
+    defaults = TrainConfig()
+    tc = dataclasses.replace(tc, **{f: getattr(defaults, f) for f in info.unused_fields})
+    return tc.resolved()
+
+
+def _result_fields(tc) -> dict:
+    """The fields of a (resolved) training config that decide its result; a field missing from a saved config
+    (one written before the field existed) counts as TrainConfig's default."""
+    d = tc if isinstance(tc, dict) else dataclasses.asdict(tc)
+    return {k: d.get(k, default) for k, default in _TRAIN_DEFAULTS.items() if k not in _RESULT_FREE}
+
+
+_TRAIN_DEFAULTS = dataclasses.asdict(TrainConfig())
 
 
 # --------------------------------------------------------------------------- data
@@ -131,17 +277,24 @@ def eval_set(dataset: str, data_dir: str | None, n: int | None, seed: int) -> tu
 
 
 class GeneratedCorruptions:
-    """Corruptions generated on the fly by :mod:`jafr_kernels.eval.corruptions`, deterministic by seed."""
+    """Corruptions generated on the fly by :func:`jafr_kernels.eval.corruptions.generate` (seeded per name and
+    severity), kept as 8-bit images (the published files' format) so every run of a study reuses them."""
 
-    source = "generated in torch with the CIFAR-10-C severity parameters"
+    source = "generated in torch with the CIFAR-10-C severity parameters (stored as 8-bit images)"
 
-    def __init__(self, x: Tensor, names, seed: int, batch_size: int = 1000):
-        self.x, self.names, self.seed, self.batch_size = x, list(names), seed, batch_size
+    def __init__(self, x: Tensor, names, seed: int, cache_bytes: float = 4e9):
+        self.x, self.names, self.seed = x, list(names), seed
+        self.cache: dict = {}
+        self.cache_bytes = cache_bytes
 
     def load(self, name: str, severity: int) -> Tensor:
-        gen = torch.Generator(device=self.x.device).manual_seed(self.seed * 100003 + list(C.CORRUPTIONS).index(name) * 10 + severity)
-        parts = [C.corrupt(self.x[i : i + self.batch_size], name, severity, gen) for i in range(0, self.x.shape[0], self.batch_size)]
-        return torch.cat(parts)
+        key = (name, severity)
+        if key in self.cache:
+            return self.cache[key].to(self.x.dtype) / 255
+        img = (C.generate(self.x, name, severity, self.seed) * 255).round().to(torch.uint8)
+        if (len(self.cache) + 1) * img.numel() <= self.cache_bytes:
+            self.cache[key] = img
+        return img.to(self.x.dtype) / 255
 
 
 class PublishedCorruptions:
@@ -159,7 +312,44 @@ class PublishedCorruptions:
         return self.data.load(name, severity, self.indices)[0]
 
 
+def corruption_source(cfg: StudyConfig, x: Tensor, idx: Tensor, channels: int):
+    """The study's corruptions: the published files when ``corruption_dir`` is set, else generated ones."""
+    names = list(cfg.corruptions) if cfg.corruptions else C.available_corruptions(channels)
+    if cfg.corruption_dir:
+        source = PublishedCorruptions(cfg.corruption_dir, cfg.train.dataset, idx)
+        if cfg.corruptions:
+            source.names = [n for n in source.names if n in names]
+        return source
+    return GeneratedCorruptions(x, names, cfg.eval_seed)
+
+
+def corruption_character(cfg: StudyConfig, x: Tensor, source) -> dict:
+    """Frequency character of the study's corruptions on its first :data:`CHARACTER_IMAGES` evaluation images:
+    :func:`jafr_kernels.eval.corruptions.frequency_character` (generated: the same seeding as ``generate``)."""
+    n = min(CHARACTER_IMAGES, x.shape[0])
+    loader = None
+    if isinstance(source, PublishedCorruptions):
+        loader = lambda name, sev: source.load(name, sev)[:n].to(x.device)  # noqa: E731
+    return C.frequency_character(x[:n], source.names, cutoff=cfg.primary_cutoff, seed=cfg.eval_seed,
+                                 severities=cfg.severities, corrupted=loader)
+
+
 # --------------------------------------------------------------------------- one model
+def evaluation_key(cfg: StudyConfig, idx: Tensor, source) -> dict:
+    """Everything an evaluation's numbers depend on besides the model (a finished evaluation is reused only
+    when its key matches)."""
+    b = cfg.budget
+    return {
+        "dataset": cfg.train.dataset, "images": hashlib.sha256(idx.numpy().tobytes()).hexdigest()[:16], "n": int(idx.numel()),
+        "eval_seed": cfg.eval_seed, "corruptions": list(source.names), "corruption_source": source.source,
+        "severities": list(cfg.severities), "eps": [eps_key(e) for e in cfg.eps_list],
+        "adv_n": None if b.adv_subset is None else min(b.adv_subset, int(idx.numel())),
+        "pgd_steps": b.pgd_steps, "pgd_restarts": b.pgd_restarts, "cw": cfg.cw,
+        "heat_map_n": min(b.heat_map_images, int(idx.numel())), "heat_map_eps": cfg.heat_map_eps,
+        "cutoff": cfg.primary_cutoff, "autoattack": cfg.autoattack,
+    }
+
+
 def evaluate_model(
     model: nn.Module,
     x: Tensor,
@@ -171,12 +361,13 @@ def evaluate_model(
 ) -> dict:
     """Evaluate one classifier: clean, corruptions, adversarial, Jacobian spectrum, Fourier heat map.
 
-    Returns a JSON-ready dict: ``{"clean", "corruptions": {name: {"1".."5", "mean"}}, "adversarial": {...}
-    (see :func:`evaluate_adversarial`), "jacobian": {...}, "heat_map": {...}, "seconds": {...}}``.
+    ``cfg`` is a resolved :class:`StudyConfig`. Returns a JSON-ready dict: ``{"clean", "corruptions": {name:
+    {"1".."5", "mean"}}, "adversarial": {...} (see :func:`evaluate_adversarial`), "jacobian": {...},
+    "heat_map": {...}, "seconds": {...}}``.
     """
     from tqdm.auto import tqdm
 
-    device = cfg.device
+    device, b = cfg.train.device, cfg.budget
     model = model.to(device).eval()
     seconds = {}
     t0 = time.perf_counter()
@@ -192,22 +383,22 @@ def evaluate_model(
     seconds["corruptions"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    n_adv = x.shape[0] if cfg.adv_subset is None else min(cfg.adv_subset, x.shape[0])
+    n_adv = x.shape[0] if b.adv_subset is None else min(b.adv_subset, x.shape[0])
     xa, ya = x[:n_adv], y[:n_adv]
     out["adversarial"] = evaluate_adversarial(
-        model, xa, ya, cfg.eps_list, steps=cfg.pgd_steps, restarts=cfg.pgd_restarts,
-        losses=("ce", "cw") if cfg.cw else ("ce",), cw_eps=[cfg.eps], seed=cfg.seed, device=device,
+        model, xa, ya, cfg.eps_list, steps=b.pgd_steps, restarts=b.pgd_restarts,
+        losses=("ce", "cw") if cfg.cw else ("ce",), cw_eps=[cfg.eps], seed=cfg.eval_seed, device=device,
         progress=cfg.progress,
     )
     if cfg.autoattack:
-        out["autoattack"] = autoattack_accuracy(model, xa, ya, cfg.eps, n_classes=num_classes, seed=cfg.seed, device=device)
+        out["autoattack"] = autoattack_accuracy(model, xa, ya, cfg.eps, n_classes=num_classes, seed=cfg.eval_seed, device=device)
     seconds["adversarial"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    out["jacobian"] = jacobian_spectrum(model, x, y, cutoff=cfg.cutoff, device=device)
-    n_heat = min(cfg.heat_map_images, x.shape[0])
+    out["jacobian"] = jacobian_spectrum(model, x, y, cutoff=cfg.primary_cutoff, cutoffs=cfg.cutoffs, device=device)
+    n_heat = min(b.heat_map_images, x.shape[0])
     out["heat_map"] = fourier_heat_map(
-        model, x[:n_heat], y[:n_heat], cfg.heat_map_eps, seed=cfg.seed, bases_per_batch=16, device=device,
+        model, x[:n_heat], y[:n_heat], cfg.heat_map_eps, seed=cfg.eval_seed, bases_per_batch=16, device=device,
         progress=cfg.progress,
     )
     seconds["frequency"] = time.perf_counter() - t0
@@ -216,18 +407,6 @@ def evaluate_model(
 
 
 # --------------------------------------------------------------------------- the study
-def _train_config(cfg: StudyConfig, method: str, target: str, out_dir: str):
-    from jafr_kernels.train import TrainConfig
-
-    return TrainConfig(
-        method=method, dataset=cfg.dataset, model=cfg.model, epochs=cfg.epochs, max_steps=cfg.max_steps,
-        batch_size=cfg.batch_size, lam=cfg.lam, cutoff=cfg.cutoff, target=target, formulation=cfg.formulation,
-        jacobian_mode=cfg.jacobian_mode, eps=cfg.eps, seed=cfg.seed, out_dir=out_dir, data_dir=cfg.data_dir,
-        train_subset=cfg.train_subset, device=cfg.device, lr=cfg.lr, progress=cfg.progress,
-        resume=not cfg.retrain,
-    )
-
-
 def _write_json(path: str, obj) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -235,92 +414,173 @@ def _write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
-def _study_record(cfg: StudyConfig, labels: list[str], x: Tensor) -> dict:
-    rec = dataclasses.asdict(cfg)
+def _read_json(path: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    threads = torch.get_num_threads()
+    return f"{platform.processor() or platform.machine()} CPU ({threads} thread{'s' if threads != 1 else ''})"
+
+
+def _study_record(cfg: StudyConfig, x: Tensor, runs: list[Run], status: dict) -> dict:
+    b = cfg.budget
+    rec = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("train", "specs", "budget")}
     rec.update(
-        labels=labels, eps_key=eps_key(cfg.eps), eval_n=int(x.shape[0]), eval_full=cfg.eval_subset is None,
-        adversarial={"steps": cfg.pgd_steps, "restarts": cfg.pgd_restarts, "eps_keys": [eps_key(e) for e in cfg.eps_list],
-                     "n": int(x.shape[0]) if cfg.adv_subset is None else min(cfg.adv_subset, int(x.shape[0]))},
-        heat_map_n=min(cfg.heat_map_images, int(x.shape[0])),
-        device_name=f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)" if cfg.device == "cpu" else cfg.device,
-        torch_version=torch.__version__,
+        train=dataclasses.asdict(cfg.train), budget=dataclasses.asdict(b), budget_text=b.describe(),
+        seeds=list(cfg.seed_list), lams=list(cfg.lams), cutoffs=list(cfg.cutoffs), primary_lam=cfg.primary_lam,
+        primary_cutoff=cfg.primary_cutoff, labels=[s.label for s in cfg.specs], methods=list(cfg.methods),
+        dataset=cfg.train.dataset, model=cfg.train.model, epochs=cfg.train.epochs, formulation=cfg.train.formulation,
+        eps=cfg.eps, eps_key=eps_key(cfg.eps), eval_n=int(x.shape[0]), eval_full=b.eval_subset is None,
+        adversarial={"steps": b.pgd_steps, "restarts": b.pgd_restarts, "eps_keys": [eps_key(e) for e in cfg.eps_list],
+                     "n": int(x.shape[0]) if b.adv_subset is None else min(b.adv_subset, int(x.shape[0]))},
+        heat_map_n=min(b.heat_map_images, int(x.shape[0])), device=cfg.train.device,
+        device_name=_device_name(cfg.train.device), torch_version=torch.__version__,
+        runs=[dict(r.record(), **status.get(r.folder, {"status": "pending"})) for r in runs],
     )
     return rec
 
 
+def _reusable_eval(path: str, tc: dict, key: dict) -> Optional[dict]:
+    ev = _read_json(path)
+    if ev is None or ev.get("evaluation_key") != key or _result_fields(ev.get("train_config", {})) != _result_fields(tc):
+        return None
+    return ev
+
+
+def _finished_model(run_dir: str, tc: TrainConfig):
+    """The trained model of ``run_dir`` if its config matches ``tc`` and its checkpoint is at the last step."""
+    from jafr_kernels.train import load_latest, load_trained_model
+
+    saved = _read_json(os.path.join(run_dir, "config.json"))
+    if saved is None or _result_fields(saved) != _result_fields(tc):
+        return None
+    found = load_latest(run_dir)
+    if found is None or int(found[0]["step"]) != int(saved.get("total_steps", -1)):
+        return None
+    return load_trained_model(run_dir, device=tc.device)
+
+
+def _train(run_dir: str, tc: TrainConfig, retrain: bool, train_set):
+    """Train (or continue an interrupted run with the same settings); a run with other settings starts afresh."""
+    from jafr_kernels.train import train_model
+
+    saved = _read_json(os.path.join(run_dir, "config.json"))
+    same = saved is not None and _result_fields(saved) == _result_fields(tc)
+    if os.path.isdir(run_dir) and (retrain or not same):
+        if saved is not None and not same:
+            changed = sorted(k for k, v in _result_fields(tc).items() if saved.get(k) != v)
+            print(f"[study]   settings changed ({', '.join(changed)}): training afresh", flush=True)
+        shutil.rmtree(run_dir)
+    return train_model(dataclasses.replace(tc, resume=same and not retrain), train_set=train_set).model
+
+
 def run_study(cfg: StudyConfig) -> str:
-    """Train and evaluate every method of ``cfg``, then write the report; returns the report's path.
+    """Train and evaluate every run of ``cfg`` that is not finished yet, then write the report; returns its path.
 
-    Methods whose folder already holds ``eval.json`` are not retrained or re-evaluated (unless ``retrain``).
+    A run diverging (a non-finite loss) is recorded as failed and the study goes on; the report lists it.
     """
-    from jafr_kernels.eval.report import build_report
-    from jafr_kernels.train import dataset_info, train_model
+    from tqdm.auto import tqdm
 
-    start = time.perf_counter()
+    from jafr_kernels.eval.report import build_report
+    from jafr_kernels.train import dataset_info, load_dataset
+
+    start, cpu_start = time.perf_counter(), time.process_time()
     cfg = cfg.resolved()
-    info = dataset_info(cfg.dataset)
+    info = dataset_info(cfg.train.dataset)
     root = os.path.join(cfg.out_root, cfg.name)
     os.makedirs(root, exist_ok=True)
-    specs = [parse_method(m) for m in cfg.methods]
-    labels = [s[0] for s in specs]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"methods give duplicate run names: {labels}")
+    runs = plan_runs(cfg)
+    jafr_arms = sum(1 for s in cfg.specs if s.info.jafr)
+    print(f"[study] {cfg.name}: {info.name}, {cfg.train.model}, on {_device_name(cfg.train.device)}", flush=True)
+    print(f"[study] budget ({cfg.budget_origin}): {cfg.budget.describe()}", flush=True)
+    print(f"[study] {len(cfg.specs)} method(s) ({jafr_arms} with JaFR at {len(cfg.lams)} λ x {len(cfg.cutoffs)} cutoff(s)),"
+          f" seeds {list(cfg.seed_list)}: {len(runs)} runs", flush=True)
 
-    x, y, idx = eval_set(cfg.dataset, cfg.data_dir, cfg.eval_subset, cfg.seed)
-    names = list(cfg.corruptions) if cfg.corruptions else C.available_corruptions(info.channels)
-    if cfg.corruption_dir:
-        source = PublishedCorruptions(cfg.corruption_dir, cfg.dataset, idx)
-        if cfg.corruptions:
-            source.names = [n for n in source.names if n in names]
-    else:
-        source = GeneratedCorruptions(x, names, cfg.seed)
+    x, y, idx = eval_set(cfg.train.dataset, cfg.train.data_dir, cfg.budget.eval_subset, cfg.eval_seed)
+    x, y = x.to(cfg.train.device), y.to(cfg.train.device)
+    source = corruption_source(cfg, x, idx, info.channels)
+    key = evaluation_key(cfg, idx, source)
+    corr_path = os.path.join(root, "corruptions.json")
+    saved = _read_json(corr_path)
+    if saved is None or saved.get("evaluation_key") != key:  # measured once per evaluation setting
+        character = corruption_character(cfg, x, source)
+        _write_json(corr_path, {
+            "source": source.source, "cutoff": cfg.primary_cutoff, "threshold": C.LOW_FREQ_THRESHOLD,
+            "n": min(CHARACTER_IMAGES, int(x.shape[0])), "character": character, "groups": C.frequency_groups(character),
+            "not_generated": C.NOT_GENERATED if isinstance(source, GeneratedCorruptions) else {}, "evaluation_key": key,
+        })
+    _write_json(os.path.join(root, "images.json"), spectrum_summary(x.cpu(), cutoff=cfg.primary_cutoff))
+    status: dict = {}
+    _write_json(os.path.join(root, "study.json"), _study_record(cfg, x, runs, status))
 
-    # frequency character of the corruptions, measured on (at most) 500 evaluation images
-    n_char = min(500, x.shape[0])
-    character = {}
-    for name in source.names:
-        per = {}
-        for sev in cfg.severities:
-            xc = source.load(name, sev)[:n_char]
-            per[str(sev)] = C.difference_low_freq_ratio(x[:n_char], xc, cfg.cutoff)
-        vals = [v for v in per.values() if not math.isnan(v)]
-        per["mean"] = sum(vals) / len(vals) if vals else float("nan")
-        character[name] = per
-    _write_json(os.path.join(root, "corruptions.json"), {
-        "source": source.source, "cutoff": cfg.cutoff, "threshold": C.LOW_FREQ_THRESHOLD,
-        "character": character, "groups": C.frequency_groups(character),
-    })
-    _write_json(os.path.join(root, "images.json"), spectrum_summary(x, cutoff=cfg.cutoff))
-    record = _study_record(cfg, labels, x)
-    _write_json(os.path.join(root, "study.json"), record)
-
-    train_s = eval_s = 0.0
-    for label, method, target in specs:
-        run_dir = os.path.join(root, label)
-        eval_path = os.path.join(run_dir, "eval.json")
-        if os.path.exists(eval_path) and not cfg.retrain:
-            print(f"[study] {label}: evaluated already ({eval_path}); skipping")
+    train_set = None  # loaded once, when the first run needs training
+    timing = {"train_seconds": 0.0, "eval_seconds": 0.0, "trained": 0, "evaluated": 0, "reused": 0, "failed": 0}
+    bar = tqdm(runs, desc="study", unit="run", disable=not cfg.progress, dynamic_ncols=True)
+    for i, run in enumerate(bar, 1):
+        run_dir = os.path.join(root, run.folder)
+        tc = run_train_config(cfg, run, root)
+        tc_dict = dataclasses.asdict(tc)
+        eval_path, failed_path = os.path.join(run_dir, "eval.json"), os.path.join(run_dir, "failed.json")
+        tag = f"[study] {i}/{len(runs)} {run.folder}"
+        if not cfg.retrain and _reusable_eval(eval_path, tc_dict, key) is not None:
+            status[run.folder] = {"status": "ok", "reused": True}
+            timing["reused"] += 1
             continue
-        print(f"[study] {label}: training ({method}, target {target})", flush=True)
-        t0 = time.perf_counter()
-        result = train_model(_train_config(cfg, method, target, run_dir))
-        run_train_s = time.perf_counter() - t0
-        train_s += run_train_s
-        print(f"[study] {label}: evaluating", flush=True)
-        t0 = time.perf_counter()
-        ev = evaluate_model(result.model, x, y, cfg, source, num_classes=info.num_classes)
-        run_eval_s = time.perf_counter() - t0
-        eval_s += run_eval_s
-        ev.update(label=label, method=method, target=target, run_dir=str(result.run_dir),
-                  train_seconds=run_train_s, eval_seconds=run_eval_s)
+        failed = _read_json(failed_path)
+        if not cfg.retrain and failed is not None and _result_fields(failed.get("train_config", {})) == _result_fields(tc_dict):
+            print(f"{tag}: diverged before with these settings ({failed['error']}); not retried (--retrain retries)", flush=True)
+            status[run.folder] = {"status": "failed", "error": failed["error"], "reused": True}
+            timing["failed"] += 1
+            continue
+        t0, c0 = time.perf_counter(), time.process_time()
+        model = None if cfg.retrain else _finished_model(run_dir, tc)
+        trained = model is None
+        if trained:
+            print(f"{tag}: training", flush=True)
+            if train_set is None:
+                train_set = load_dataset(cfg.train.dataset, True, cfg.train.data_dir)
+            try:
+                model = _train(run_dir, tc, cfg.retrain, train_set)
+            except NonFiniteLossError as exc:
+                print(f"{tag}: training diverged: {exc}", flush=True)
+                os.makedirs(run_dir, exist_ok=True)
+                _write_json(failed_path, {"train_config": tc_dict, "error": str(exc)})
+                status[run.folder] = {"status": "failed", "error": str(exc)}
+                timing["failed"] += 1
+                continue
+            timing["trained"] += 1
+        train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
+        t0, c0 = time.perf_counter(), time.process_time()
+        ev = evaluate_model(model, x, y, cfg, source, num_classes=info.num_classes)
+        eval_s, eval_cpu = time.perf_counter() - t0, time.process_time() - c0
+        timing["train_seconds"] += train_s
+        timing["eval_seconds"] += eval_s
+        timing["evaluated"] += 1
+        ev.update(run.record(), evaluation_key=key, train_config=tc_dict, trained_now=trained,
+                  train_seconds=train_s if trained else None, train_cpu_seconds=train_cpu if trained else None,
+                  eval_seconds=eval_s, eval_cpu_seconds=eval_cpu)
+        if os.path.exists(failed_path):
+            os.remove(failed_path)
         _write_json(eval_path, ev)
+        status[run.folder] = {"status": "ok", "reused": False}
         adv = ev["adversarial"]
-        print(f"[study] {label}: clean {100 * ev['clean']:.1f}% ({ev['n']} images), PGD at {eps_key(cfg.eps)}"
-              f" {100 * adv['pgd_ce'][eps_key(cfg.eps)]:.1f}% ({adv['n']} images), J low-freq ratio"
-              f" {ev['jacobian']['low_freq_ratio']:.3f}; train {run_train_s:.0f} s, eval {run_eval_s:.0f} s", flush=True)
+        print(f"{tag}: clean {100 * ev['clean']:.1f}%, PGD at {eps_key(cfg.eps)} {100 * adv['pgd_ce'][eps_key(cfg.eps)]:.1f}%,"
+              f" J low-freq ratio {ev['jacobian']['low_freq_ratio']:.3f};"
+              + (f" train {train_s:.0f} s," if trained else " (trained before),") + f" eval {eval_s:.0f} s", flush=True)
+    bar.close()
 
-    record.update(train_seconds=train_s, eval_seconds=eval_s, total_seconds=time.perf_counter() - start)
+    record = _study_record(cfg, x, runs, status)
+    record.update(timing, total_seconds=time.perf_counter() - start, total_cpu_seconds=time.process_time() - cpu_start)
     _write_json(os.path.join(root, "study.json"), record)
+    print(f"[study] trained {timing['trained']}, evaluated {timing['evaluated']}, reused {timing['reused']},"
+          f" failed {timing['failed']}; {record['total_seconds']:.0f} s", flush=True)
     return build_report(root)
 
 
@@ -331,21 +591,21 @@ def evaluate_run(run_dir: str, cfg: StudyConfig) -> str:
     """
     from jafr_kernels.train import dataset_info, load_trained_model
 
-    with open(os.path.join(run_dir, "config.json")) as f:
-        train_cfg = json.load(f)
-    cfg = dataclasses.replace(cfg, dataset=train_cfg["dataset"], data_dir=cfg.data_dir or train_cfg.get("data_dir"),
-                              eps=cfg.eps if cfg.eps is not None else train_cfg.get("eps"), model=train_cfg["model"]).resolved()
-    info = dataset_info(cfg.dataset)
-    model = load_trained_model(run_dir, device=cfg.device)
-    x, y, idx = eval_set(cfg.dataset, cfg.data_dir, cfg.eval_subset, cfg.seed)
-    if cfg.corruption_dir:
-        source = PublishedCorruptions(cfg.corruption_dir, cfg.dataset, idx)
-    else:
-        source = GeneratedCorruptions(x, list(cfg.corruptions) if cfg.corruptions else C.available_corruptions(info.channels), cfg.seed)
+    saved = _read_json(os.path.join(run_dir, "config.json"))
+    if saved is None:
+        raise FileNotFoundError(f"no readable config.json in {run_dir}: not a training run folder")
+    train = dataclasses.replace(cfg.train, dataset=saved["dataset"], data_dir=cfg.train.data_dir or saved.get("data_dir"),
+                                eps=cfg.train.eps if cfg.train.eps is not None else saved.get("eps"), model=saved["model"])
+    cfg = dataclasses.replace(cfg, train=train, seeds=1).resolved()
+    info = dataset_info(cfg.train.dataset)
+    model = load_trained_model(run_dir, device=cfg.train.device)
+    x, y, idx = eval_set(cfg.train.dataset, cfg.train.data_dir, cfg.budget.eval_subset, cfg.eval_seed)
+    x, y = x.to(cfg.train.device), y.to(cfg.train.device)
+    source = corruption_source(cfg, x, idx, info.channels)
     t0 = time.perf_counter()
     ev = evaluate_model(model, x, y, cfg, source, num_classes=info.num_classes)
-    ev.update(method=train_cfg.get("method"), target=train_cfg.get("target"), run_dir=run_dir,
-              eval_seconds=time.perf_counter() - t0, eval_config=dataclasses.asdict(cfg))
+    ev.update(method=saved.get("method"), target=saved.get("target"), run_dir=run_dir, train_config=saved,
+              evaluation_key=evaluation_key(cfg, idx, source), eval_seconds=time.perf_counter() - t0)
     path = os.path.join(run_dir, "eval.json")
     _write_json(path, ev)
     return path

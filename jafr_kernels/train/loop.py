@@ -31,10 +31,9 @@ from torch.utils.data import Dataset, DistributedSampler, Subset
 from jafr_kernels import attacks
 from jafr_kernels.train import checkpoint as ckpt
 from jafr_kernels.train.data import augment, dataset_info, get_batch, load_dataset, TensorImageDataset
+from jafr_kernels.train.methods import METHOD_NAMES as METHODS, default_lambda, get_method
 from jafr_kernels.train.models import build_model
 from jafr_kernels.train.objective import JACOBIAN_MODES, frozen_bn_stats, gradalign_objective, jafr_objective
-
-METHODS = ("standard", "jafr", "fgsm", "fgsm+jafr", "pgd", "pgd+jafr", "gradalign")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -111,7 +110,7 @@ class TrainConfig:
         if cfg.ckpt_every < 1:
             raise ValueError(f"ckpt_every must be >= 1 step, got {cfg.ckpt_every}")
         if cfg.lam is None:
-            cfg.lam = 0.1 if cfg.formulation == "ratio" else 0.001
+            cfg.lam = default_lambda(cfg.formulation)
         if cfg.lr is None:
             cfg.lr = 0.05 if info.name == "fashion_mnist" else 0.2
         if cfg.eps is None:
@@ -214,18 +213,18 @@ def _distributed():
 
 def _objective(cfg: TrainConfig, model, raw_model, x, y, gen, autocast_dtype):
     """The method's loss for one batch (see TrainConfig for the attacks' settings)."""
-    method, eps = cfg.method, cfg.eps
+    method, eps = get_method(cfg.method), cfg.eps
     x_adv = None
-    if method in ("fgsm", "fgsm+jafr", "gradalign", "pgd", "pgd+jafr"):
+    if method.attack is not None:
         with frozen_bn_stats(raw_model, cfg.freeze_bn):
-            if method.startswith("pgd"):
+            if method.attack == "pgd":
                 x_adv = attacks.pgd(raw_model, x, y, eps, eps / 4, cfg.pgd_steps, random_start=False, generator=gen)
             else:
-                x_adv = attacks.fgsm(raw_model, x, y, eps, eps if method == "gradalign" else 1.25 * eps)
-    if method == "gradalign":
+                x_adv = attacks.fgsm(raw_model, x, y, eps, eps if method.gradalign else 1.25 * eps)
+    if method.gradalign:
         return gradalign_objective(model, x, y, x_adv, eps, cfg.gradalign_lambda, generator=gen, freeze_bn=cfg.freeze_bn,
                                    autocast_dtype=autocast_dtype)
-    if method.endswith("jafr"):
+    if method.jafr:
         return jafr_objective(model, x, y, cfg.lam, cutoff=cfg.cutoff, target=cfg.target, formulation=cfg.formulation,
                               jacobian_mode=cfg.jacobian_mode, x_main=x_adv, fd_h=cfg.fd_h, freeze_bn=cfg.freeze_bn,
                               autocast_dtype=autocast_dtype)
@@ -277,7 +276,7 @@ def train_model(cfg: TrainConfig, model: Optional[nn.Module] = None, train_set: 
     model = model.to(device=device, dtype=dtype).train()
     if cfg.sync_bn and world > 1:
         # SyncBatchNorm (GPU only) has no double backward: JaFR must use finite differences with it.
-        if cfg.method == "gradalign" or (cfg.method.endswith("jafr") and cfg.jacobian_mode == "double_backward"):
+        if get_method(cfg.method).gradalign or (get_method(cfg.method).jafr and cfg.jacobian_mode == "double_backward"):
             raise ValueError(f"sync_bn: SyncBatchNorm has no double backward, so method {cfg.method!r} with "
                              f"jacobian_mode={cfg.jacobian_mode!r} cannot use it; use jacobian_mode='finite_difference'")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
