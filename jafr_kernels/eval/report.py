@@ -316,6 +316,9 @@ def write_markdown(data: dict, summary: dict, path: str) -> None:
             f" {_pct(s['corruption_all'])} | {_pct(s['fgsm'])} | {_pct(s['pgd_ce'])} | {_pct(s['pgd_cw'])} |"
             f" {s['jacobian_low_freq_ratio']:.3f} | {s['fourier_heat_map_mean_error']:.3f} |"
         )
+    if study.get("failed"):
+        lines += ["", "**Failed** (training diverged; not evaluated): "
+                  + "; ".join(f"{label}: {reason}" for label, reason in study["failed"].items())]
     if any("autoattack" in s for s in summary.values()):
         lines += ["", "AutoAttack (standard, L-inf, ε = " + eps_label + "): "
                   + ", ".join(f"{k} {_pct(s['autoattack'])}%" for k, s in summary.items() if "autoattack" in s)]

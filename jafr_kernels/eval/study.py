@@ -224,7 +224,7 @@ def _train_config(cfg: StudyConfig, method: str, target: str, out_dir: str):
         batch_size=cfg.batch_size, lam=cfg.lam, cutoff=cfg.cutoff, target=target, formulation=cfg.formulation,
         jacobian_mode=cfg.jacobian_mode, eps=cfg.eps, seed=cfg.seed, out_dir=out_dir, data_dir=cfg.data_dir,
         train_subset=cfg.train_subset, device=cfg.device, lr=cfg.lr, progress=cfg.progress,
-        resume=not cfg.retrain,
+        resume=not cfg.retrain, overwrite=cfg.retrain,
     )
 
 
@@ -254,7 +254,7 @@ def run_study(cfg: StudyConfig) -> str:
     Methods whose folder already holds ``eval.json`` are not retrained or re-evaluated (unless ``retrain``).
     """
     from jafr_kernels.eval.report import build_report
-    from jafr_kernels.train import dataset_info, train_model
+    from jafr_kernels.train import NonFiniteLossError, dataset_info, train_model
 
     start = time.perf_counter()
     cfg = cfg.resolved()
@@ -295,6 +295,7 @@ def run_study(cfg: StudyConfig) -> str:
     _write_json(os.path.join(root, "study.json"), record)
 
     train_s = eval_s = 0.0
+    failed = {}
     for label, method, target in specs:
         run_dir = os.path.join(root, label)
         eval_path = os.path.join(run_dir, "eval.json")
@@ -303,7 +304,12 @@ def run_study(cfg: StudyConfig) -> str:
             continue
         print(f"[study] {label}: training ({method}, target {target})", flush=True)
         t0 = time.perf_counter()
-        result = train_model(_train_config(cfg, method, target, run_dir))
+        try:
+            result = train_model(_train_config(cfg, method, target, run_dir))
+        except NonFiniteLossError as exc:  # a diverged method is reported as failed; the others go on
+            failed[label] = str(exc)
+            print(f"[study] {label}: failed: {exc}", flush=True)
+            continue
         run_train_s = time.perf_counter() - t0
         train_s += run_train_s
         print(f"[study] {label}: evaluating", flush=True)
@@ -319,7 +325,7 @@ def run_study(cfg: StudyConfig) -> str:
               f" {100 * adv['pgd_ce'][eps_key(cfg.eps)]:.1f}% ({adv['n']} images), J low-freq ratio"
               f" {ev['jacobian']['low_freq_ratio']:.3f}; train {run_train_s:.0f} s, eval {run_eval_s:.0f} s", flush=True)
 
-    record.update(train_seconds=train_s, eval_seconds=eval_s, total_seconds=time.perf_counter() - start)
+    record.update(train_seconds=train_s, eval_seconds=eval_s, total_seconds=time.perf_counter() - start, failed=failed)
     _write_json(os.path.join(root, "study.json"), record)
     return build_report(root)
 
