@@ -73,3 +73,20 @@ def test_a_diverged_method_is_reported_failed_and_the_others_go_on(tmp_path, mon
     report = open(path).read()
     assert "**Failed** (training diverged; not evaluated): jafr_low: training diverged at step 2" in report
     assert "| standard |" in report and "| fgsm |" in report
+
+
+def test_tinyimagenet_study_on_published_layout_files(tmp_path):
+    """TinyImageNet (train folders, val/images + val_annotations.txt) with Tiny-ImageNet-C folders: the study
+    evaluates the corrupted copy of each validation image against that image's label."""
+    from jafr_kernels.eval.study import StudyConfig, run_study
+
+    data = layouts.write_tinyimagenet(tmp_path / "data", train_per_class=4, n_val=12)
+    corr = layouts.write_tinyimagenet_c(tmp_path / "Tiny-ImageNet-C", names=("gaussian_noise", "fog"), n_val=12)
+    cfg = StudyConfig(name="tin", dataset="tinyimagenet", data_dir=data, corruption_dir=corr, model="small_cnn",
+                      methods=("standard",), max_steps=2, batch_size=4, eval_subset=None, adv_subset=4, heat_map_images=1,
+                      pgd_steps=1, cw=False, out_root=str(tmp_path / "runs"), progress=False)
+    path = run_study(cfg)
+    ev = json.loads((tmp_path / "runs" / "tin" / "standard" / "eval.json").read_text())
+    assert ev["n"] == 12 and set(ev["corruptions"]) == {"gaussian_noise", "fog"}
+    assert set(ev["corruptions"]["fog"]) == {"1", "2", "3", "4", "5", "mean"}
+    assert "Dataset **tinyimagenet**" in open(path).read()

@@ -88,6 +88,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"jafr train: interrupted; {_kept(args.out)}", file=sys.stderr)
         return 130
     steps = [r for r in result.history if r.get("type") == "step"]
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return 0
     if steps:
         last = steps[-1]
         print(f"done: {result.step} steps, last loss {last['loss']:.4f}, acc {last['acc']:.3f}; run dir {result.run_dir}")
