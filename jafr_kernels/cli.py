@@ -22,6 +22,18 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n(see {self.prog} --help)\n")
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to options that take a value and have one; flags and ``None`` defaults (whose
+    help says how they are chosen) get none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.option_strings and action.nargs != 0 and action.default not in (None, argparse.SUPPRESS) \
+                and "%(default)" not in text and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="jafr", description="Jacobian Frequency Regularization: train, evaluate, report.")
     sub = parser.add_subparsers(dest="command", required=True)

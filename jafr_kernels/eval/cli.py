@@ -191,18 +191,23 @@ def _add_common(p: argparse.ArgumentParser, dataset_default) -> None:
                    help="fashion_mnist is embedded; the others are read from --data-dir"
                    + (f" (default {dataset_default})" if dataset_default else " (default: the run's)"))
     p.add_argument("--data-dir", default=None, help="local dataset directory (non-embedded datasets)")
-    p.add_argument("--eps", type=float, default=None, help="L-inf radius (default: 0.1 Fashion-MNIST, 8/255 otherwise)")
-    p.add_argument("--cutoff", type=float, default=0.25, help="low-band radius for ratios (1 = Nyquist; default 0.25)")
-    p.add_argument("--seed", type=int, default=0, help="default 0")
+    p.add_argument("--eps", type=float, default=None, help="L-inf radius (default: " + (
+        "0.1 Fashion-MNIST, 8/255 otherwise)" if dataset_default else "the run's)"))
+    p.add_argument("--cutoff", type=float, default=0.25, help="low-band radius for ratios (1 = Nyquist)")
+    p.add_argument("--seed", type=int, default=0, help="seeds training, the evaluation subset and the attacks")
     p.add_argument("--device", default="auto", help="auto (the GPU when one is visible, else the CPU; default), cpu, cuda, cuda:N")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--full", action="store_true",
-                   help="the paper's setting: preact_resnet18 (standard pre-activation head; --model preact_resnet18_authors "
-                   "for the authors' exact head), 30 epochs, full test set, PGD-50x10")
+    if dataset_default:
+        p.add_argument("--full", action="store_true",
+                       help="the paper's setting: preact_resnet18 (standard pre-activation head; --model preact_resnet18_authors "
+                       "for the authors' exact head), 30 epochs, full test set, PGD-50x10")
+    else:
+        p.add_argument("--full", action="store_true", help="the paper's evaluation: full test set, PGD-50x10, 1000 heat-map images")
 
 
 def register(subparsers) -> None:
     """Add ``jafr study`` and ``jafr eval`` to the ``jafr`` command."""
+    from jafr_kernels.cli import DefaultsFormatter
     from jafr_kernels.train.models import MODELS
 
     p = subparsers.add_parser(
@@ -211,9 +216,10 @@ def register(subparsers) -> None:
         description="Train standard, JaFR (low/high target) and adversarially trained models on the same data and seed, "
         "evaluate clean / corruption / adversarial accuracy and frequency analyses, and write runs/<name>/report.md. "
         "The default is a CPU study on Fashion-MNIST finishing within about 15 minutes.",
+        formatter_class=DefaultsFormatter,
     )
     p.add_argument("--name", default="study", help="study folder name under --out-root (default: study)")
-    p.add_argument("--out-root", default="runs", help="default: runs")
+    p.add_argument("--out-root", default="runs", help="folder holding the studies")
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
                    help="methods, target after a colon: standard jafr:low jafr:high fgsm fgsm+jafr pgd pgd+jafr gradalign "
                    f"(default: {' '.join(DEFAULT_METHODS)})")
@@ -222,11 +228,11 @@ def register(subparsers) -> None:
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default 1; --full: 30)")
     p.add_argument("--max-steps", type=int, default=None, help="stop each training run after this many steps")
     p.add_argument("--train-subset", type=_int_or_none, default=None, help="train on the first N training images (default: all)")
-    p.add_argument("--batch-size", type=int, default=128, help="default 128")
+    p.add_argument("--batch-size", type=int, default=128, help="training batch size")
     p.add_argument("--lam", type=float, default=None, help="JaFR weight, >= 0 (default 0.1 for the ratio formulation, 0.001 for official)")
-    p.add_argument("--formulation", default="ratio", choices=["ratio", "official"], help="default: ratio")
+    p.add_argument("--formulation", default="ratio", choices=["ratio", "official"], help="JaFR penalty formulation")
     p.add_argument("--jacobian-mode", default="double_backward", choices=["double_backward", "finite_difference"],
-                   help="default: double_backward")
+                   help="how the penalty's parameter gradient is taken")
     p.add_argument("--lr", type=float, default=None, help="peak LR (default 0.05 Fashion-MNIST, 0.2 others)")
     p.add_argument("--retrain", action="store_true", help="retrain and re-evaluate methods that already have results")
     p.add_argument("--report-only", action="store_true", help="rebuild report.md and figures from the runs on disk")
@@ -234,7 +240,10 @@ def register(subparsers) -> None:
     _add_eval_args(p)
     p.set_defaults(func=_run_study)
 
-    e = subparsers.add_parser("eval", help="evaluate one saved training run (writes <run_dir>/eval.json)")
+    e = subparsers.add_parser("eval", help="evaluate one saved training run (writes <run_dir>/eval.json)",
+                              description="Evaluate a run folder's newest checkpoint on the run's dataset (clean, corruptions, "
+                              "attacks, frequency analyses); writes <run_dir>/eval.json and prints the headline numbers.",
+                              formatter_class=DefaultsFormatter)
     e.add_argument("run_dir", help="a training run folder (holds the config and checkpoint)")
     _add_common(e, None)
     _add_eval_args(e)

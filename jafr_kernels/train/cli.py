@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 
+from jafr_kernels.cli import DefaultsFormatter
 from jafr_kernels.train.data import DATASETS
 from jafr_kernels.train.models import MODELS
 
@@ -16,41 +17,45 @@ def register(subparsers) -> None:
         help="train a classifier with JaFR, adversarial training or plain CE",
         description="Train a model; writes config.json, metrics.jsonl and verified checkpoints (last.pt, prev.pt) "
         "to --out. Under torchrun each process takes batch-size/N samples of every global batch.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsFormatter,
     )
     from jafr_kernels.train.loop import METHODS
 
-    p.add_argument("--method", default="jafr", choices=METHODS)
-    p.add_argument("--dataset", default="fashion_mnist", choices=DATASETS)
+    p.add_argument("--method", default="jafr", choices=METHODS, help="training method")
+    p.add_argument("--dataset", default="fashion_mnist", choices=DATASETS,
+                   help="fashion_mnist is embedded; the others are read from --data-dir")
     p.add_argument("--model", default="small_cnn", choices=MODELS,
                    help="preact_resnet18: the paper's network with the standard pre-activation head; "
-                   "preact_resnet18_authors: the authors' exact head (needs the paper's long warmup)")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+                   "preact_resnet18_authors: the authors' exact head (needs the paper's long warmup); default: small_cnn")
+    p.add_argument("--epochs", type=int, default=1, help="passes over the training set")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps (default: the epochs' steps)")
     p.add_argument("--batch-size", type=int, default=128, help="global batch size")
     p.add_argument("--lam", "--lambda", dest="lam", type=float, default=None,
                    help="JaFR weight, >= 0 (default 0.1 for --formulation ratio, 0.001 for official)")
     p.add_argument("--cutoff", type=float, default=0.25, help="low-band radius (1 = Nyquist)")
-    p.add_argument("--target", default="low", choices=("low", "high"))
-    p.add_argument("--formulation", default="ratio", choices=("ratio", "official"))
-    p.add_argument("--jacobian-mode", default="double_backward", choices=("double_backward", "finite_difference"))
+    p.add_argument("--target", default="low", choices=("low", "high"), help="push J's spectrum to low or high frequencies")
+    p.add_argument("--formulation", default="ratio", choices=("ratio", "official"),
+                   help="ratio: energy share outside/inside the band; official: the authors' log-spectrum score")
+    p.add_argument("--jacobian-mode", default="double_backward", choices=("double_backward", "finite_difference"),
+                   help="how the penalty's parameter gradient is taken")
     p.add_argument("--fd-h", type=float, default=0.01, help="finite-difference step, relative to ||x||/||v||")
     p.add_argument("--eps", type=float, default=None, help="L-inf radius (default: 0.1 Fashion-MNIST, 8/255 others)")
     p.add_argument("--lr", type=float, default=None, help="peak LR (default 0.05 Fashion-MNIST, 0.2 others)")
-    p.add_argument("--lr-schedule", default="cyclic", choices=("cyclic", "constant"))
+    p.add_argument("--lr-schedule", default="cyclic", choices=("cyclic", "constant"), help="cyclic: triangular, as in the paper")
     p.add_argument("--warmup-min", type=int, default=100,
                    help="cyclic LR: warm up over at least this many steps (2/5 of training when longer; at most half the run)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the model, data order and attacks")
     p.add_argument("--out", default="runs/train", help="run directory (new or empty, unless --resume or --overwrite)")
-    p.add_argument("--data-dir", default=None, help="dataset root (Fashion-MNIST default: /usr/share/datasets/fashion-mnist)")
-    p.add_argument("--train-subset", type=int, default=None, help="use only the first N training samples")
+    p.add_argument("--data-dir", default=None, help="dataset root (Fashion-MNIST: /usr/share/datasets/fashion-mnist by default)")
+    p.add_argument("--train-subset", type=int, default=None, help="use only the first N training samples (default: all)")
     p.add_argument("--device", default="auto", help="auto (GPU if visible, else CPU; cuda:LOCAL_RANK under torchrun), cpu, cuda, cuda:N")
-    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="model and data precision")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the model (spectral maths stay fp32)")
     p.add_argument("--sync-bn", action="store_true", help="convert BatchNorm to SyncBatchNorm under DDP")
     p.add_argument("--update-bn-in-extra-passes", dest="freeze_bn", action="store_false",
-                   help="let attack/Jacobian/finite-difference passes update BN running stats (authors' code)")
-    p.add_argument("--no-augment", dest="augment", action="store_false")
+                   help="let attack/Jacobian/finite-difference passes update BN running stats (as the authors' code does; "
+                   "by default only the main pass does)")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
     p.add_argument("--ckpt-every", type=int, default=100, help="checkpoint every N steps (and at epoch ends)")
     p.add_argument("--log-every", type=int, default=20,
                    help="read metrics back from the device every N steps (and at checkpoints and epoch ends)")
@@ -59,7 +64,7 @@ def register(subparsers) -> None:
     g.add_argument("--overwrite", action="store_true", help="replace the run in --out (its config, metrics, checkpoints, eval.json)")
     p.add_argument("--init-from", default=None, metavar="RUN_OR_CKPT",
                    help="start from the model weights of a run folder or checkpoint (fresh optimizer and schedule)")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=main)
 
 
