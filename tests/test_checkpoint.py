@@ -79,3 +79,69 @@ def test_resume_from_a_corrupt_last_checkpoint_uses_prev(tmp_path):
         resumed = train_model(TrainConfig(out_dir=cut, resume=True, **kw), train_set=fm)
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_every_checkpoint_opens_with_plain_torch_load(tmp_path):
+    save_checkpoint(_state(1), str(tmp_path))
+    save_checkpoint(_state(2), str(tmp_path))
+    for name, step in (("last.pt", 2), ("prev.pt", 1)):
+        for weights_only in (False, True):
+            state = torch.load(str(tmp_path / name), weights_only=weights_only)
+            assert state["step"] == step and torch.equal(state["model"]["w"], torch.full((3, 4), float(step)))
+
+
+def test_a_corrupt_last_checkpoint_is_never_rotated_into_prev(tmp_path):
+    save_checkpoint(_state(1), str(tmp_path))
+    save_checkpoint(_state(2), str(tmp_path))
+    last = tmp_path / "last.pt"
+    data = bytearray(last.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    last.write_bytes(bytes(data))
+    with pytest.warns(RuntimeWarning, match="does not verify"):
+        save_checkpoint(_state(3), str(tmp_path))
+    assert load_checkpoint(str(tmp_path / "prev.pt"))["step"] == 1  # the good one is kept
+    assert load_checkpoint(str(last))["step"] == 3
+    save_checkpoint(_state(4), str(tmp_path))  # a verified last.pt is rotated as usual
+    assert load_checkpoint(str(tmp_path / "prev.pt"))["step"] == 3
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_after(model, forwards):
+    calls = {"n": 0}
+
+    def hook(*_):
+        calls["n"] += 1
+        if calls["n"] > forwards:
+            raise _Crash()
+
+    model.register_forward_hook(hook)
+    return model
+
+
+def test_corrupt_last_then_resume_train_save_keeps_a_good_prev(tmp_path):
+    """Acceptance: corrupt last.pt, resume (falls back to prev.pt), train, save: prev.pt is a good checkpoint
+    afterwards, and every file opens with torch.load."""
+    from jafr_kernels.train import build_model, load_dataset
+
+    fm = load_dataset("fashion_mnist")
+    kw = dict(method="standard", max_steps=8, batch_size=32, train_subset=512, progress=False, ckpt_every=2,
+              out_dir=str(tmp_path))
+    with pytest.raises(_Crash):  # stops during step 5: last.pt = step 4, prev.pt = step 2
+        torch.manual_seed(0)
+        train_model(TrainConfig(**kw), model=_crash_after(build_model("small_cnn", 1, 10), 4), train_set=fm)
+    last = tmp_path / "last.pt"
+    data = bytearray(last.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    last.write_bytes(bytes(data))
+    torch.manual_seed(0)
+    model = _crash_after(build_model("small_cnn", 1, 10), 2)  # resume from step 2, save at step 4, stop in step 5
+    with pytest.warns(RuntimeWarning, match="corrupt"), pytest.raises(_Crash):
+        train_model(TrainConfig(resume=True, **kw), model=model, train_set=fm)
+    prev = load_checkpoint(str(tmp_path / "prev.pt"))
+    assert prev["step"] == 2 and all(torch.isfinite(v).all() for v in prev["model"].values() if v.is_floating_point())
+    assert load_checkpoint(str(last))["step"] == 4
+    for name in ("last.pt", "prev.pt"):
+        assert torch.load(str(tmp_path / name), weights_only=False)["step"] in (2, 4)

@@ -94,3 +94,26 @@ def test_sigkill_during_checkpoint_write_keeps_a_good_checkpoint(tmp_path, refer
     state = load_checkpoint(os.path.join(out, "last.pt"))  # the previous complete checkpoint verifies
     assert 2 <= state["step"] < TOTAL
     _resume_and_compare(out, reference_run)
+
+
+def test_ctrl_c_ends_cleanly_and_keeps_the_last_checkpoint(tmp_path, reference_run):
+    """SIGINT (Ctrl-C) mid-run: exit code 130, one line on stderr naming --resume, no traceback, no temporary
+    files; the last checkpoint verifies and the run resumes to the same weights as an uninterrupted one."""
+    out = str(tmp_path / "run")
+    proc = subprocess.Popen(_cmd(out), env=_env(JAFR_TEST_CKPT_SLEEP="0.05"), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while _steps_logged(out) < 3:
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "timed out waiting for the run to start"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and stderr.strip().splitlines() == [
+        f"jafr train: interrupted; the last checkpoint in {out} is kept; continue with --resume"]
+    assert not glob.glob(os.path.join(out, ".*.tmp.*"))
+    state = load_checkpoint(os.path.join(out, "last.pt"))
+    assert 2 <= state["step"] < TOTAL
+    assert torch.load(os.path.join(out, "last.pt"), weights_only=False)["step"] == state["step"]
+    _resume_and_compare(out, reference_run)

@@ -104,11 +104,54 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_p
     model = _NaNAfter(build_model("small_cnn", 1, 10), n=4)  # method standard: one forward per step
     cfg = TrainConfig(method="standard", max_steps=10, batch_size=32, train_subset=512, out_dir=str(tmp_path),
                       progress=False, ckpt_every=1)
-    with pytest.raises(NonFiniteLossError, match=r"step 3 .*last good checkpoint: .*last\.pt"):
+    with pytest.raises(NonFiniteLossError, match=r"diverged at step 4 \(epoch 0\): loss nan, CE nan; the last good "
+                                                 r"checkpoint \(step 3\) is kept in .*; try a lower --lr \(now 0.05\)$"):
         train_model(cfg, model=model, train_set=fmnist)
     state = load_checkpoint(str(tmp_path / "last.pt"))
     assert state["step"] == 3
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_divergence_between_logging_steps_is_caught_before_the_next_checkpoint(tmp_path, fmnist):
+    """Metrics are read every log_every steps; a NaN at step 4 is found at the step-6 checkpoint, before it is
+    written, and named as step 4."""
+    torch.manual_seed(0)
+    model = _NaNAfter(build_model("small_cnn", 1, 10), n=4)
+    cfg = TrainConfig(method="standard", max_steps=12, batch_size=32, train_subset=512, out_dir=str(tmp_path),
+                      progress=False, ckpt_every=3, log_every=100)
+    with pytest.raises(NonFiniteLossError, match=r"step 4 .*checkpoint \(step 3\)"):
+        train_model(cfg, model=model, train_set=fmnist)
+    assert load_checkpoint(str(tmp_path / "last.pt"))["step"] == 3
+    with open(tmp_path / "metrics.jsonl") as f:
+        assert [json.loads(line)["step"] for line in f] == [1, 2, 3]  # the bad steps are not logged
+
+
+def test_jafr_divergence_names_the_penalty_and_lam(tmp_path, fmnist):
+    torch.manual_seed(0)
+    model = _NaNAfter(build_model("small_cnn", 1, 10), n=3)
+    cfg = TrainConfig(method="jafr", max_steps=6, batch_size=32, train_subset=512, out_dir=str(tmp_path), progress=False,
+                      ckpt_every=1)
+    with pytest.raises(NonFiniteLossError, match=r"step 3 .*penalty nan.*--lam \(now 0.1\)|step 3 .*Jacobian"):
+        train_model(cfg, model=model, train_set=fmnist)
+    assert load_checkpoint(str(tmp_path / "last.pt"))["step"] == 2
+
+
+def test_cli_divergence_exits_1_with_one_line_and_keeps_good_checkpoints(tmp_path):
+    """A huge learning rate: exit code 1, one line on stderr, no traceback, last.pt and prev.pt load and are finite."""
+    out = str(tmp_path / "run")
+    res = _cli("--method", "jafr", "--lr", "1e4", "--lr-schedule", "constant", "--max-steps", "20", "--batch-size", "32",
+               "--train-subset", "1024", "--ckpt-every", "1", "--out", out, "--no-progress")
+    assert res.returncode == 1, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert lines[0].startswith("jafr train: error: training diverged at step") and "lower --lr (now 10000)" in lines[0]
+    assert res.stdout == ""
+    steps = []
+    for name in ("last.pt", "prev.pt"):
+        state = torch.load(os.path.join(out, name), weights_only=False)
+        assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+        steps.append(state["step"])
+    assert steps[0] == steps[1] + 1 and f"checkpoint (step {steps[0]})" in lines[0]
 
 
 class _CrashAfter(Exception):
@@ -176,6 +219,16 @@ def test_triangular_lr_peaks_at_two_fifths():
     assert all(a < b for a, b in zip(values[:4], values[1:4])) and all(a > b for a, b in zip(values[3:], values[4:]))
 
 
+def test_triangular_lr_warmup_has_a_minimum_length_for_short_runs():
+    assert TriangularLR(1000, warmup_min=100).warmup == 400  # long runs: 2/5 of training, as in the paper
+    assert TriangularLR(78, warmup_min=100).warmup == 39  # short runs: half the run (not 31 steps)
+    assert TriangularLR(300, warmup_min=100).warmup == 120
+    assert TriangularLR(200, warmup_min=100).warmup == 100
+    f = TriangularLR(78, warmup_min=100)
+    values = [f(k) for k in range(78)]
+    assert values[38] == 1.0 and values[0] == 1 / 39 and values[-1] == 0.0
+
+
 def test_config_rejects_bad_values():
     for kw, name in [(dict(method="fgsm2"), "method"), (dict(jacobian_mode="x"), "jacobian_mode"),
                      (dict(target="mid"), "target"), (dict(dataset="mnist"), "dataset")]:
@@ -217,20 +270,40 @@ def test_resume_refuses_a_run_with_different_settings(tmp_path, fmnist):
         train_model(TrainConfig(resume=True, **dict(kw, lam=0.5)), train_set=fmnist)
 
 
-def test_preact_resnet18_shapes_init_and_a_jafr_step():
+def test_preact_resnet18_shapes_heads_and_a_jafr_step():
     from jafr_kernels.train import PreActResNet18, jafr_objective
 
     torch.manual_seed(0)
+    authors = build_model("preact_resnet18_authors", in_channels=3, num_classes=10)
     model = build_model("preact_resnet18", in_channels=3, num_classes=10)
-    assert isinstance(model, PreActResNet18)
-    assert sum(p.numel() for p in model.parameters()) == 11_171_146  # the GradAlign/JaFR PreAct ResNet-18
+    assert isinstance(model, PreActResNet18) and model.head == "preact" and authors.head == "authors"
+    assert sum(p.numel() for p in authors.parameters()) == 11_171_146  # the GradAlign/JaFR PreAct ResNet-18
+    assert sum(p.numel() for p in model.parameters()) == 11_171_146 + 2 * 512  # + BN before pooling
+    assert authors.bn is None and isinstance(model.bn, nn.BatchNorm2d)
     assert all(m.bias is None for m in model.modules() if isinstance(m, nn.Conv2d))
-    assert not isinstance(list(model.children())[-2][-1], nn.BatchNorm2d)
     assert build_model("preact_resnet18", 3, 200)(torch.rand(1, 3, 64, 64)).shape == (1, 200)
     x, y = torch.rand(2, 3, 32, 32), torch.tensor([1, 7])
     out = jafr_objective(model, x, y, 0.1)
     out.loss.backward()
     assert out.jac.shape == x.shape and all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_preact_resnet18_starts_near_log_classes_on_real_batches(fmnist):
+    """CE at initialisation within 0.3 of log(10) on Fashion-MNIST batches (train-mode BN), for three seeds; the
+    authors' head starts far above it (the reason it needs a long warmup)."""
+    import math
+
+    import torch.nn.functional as F
+
+    for seed in range(3):
+        torch.manual_seed(seed)
+        x, y = fmnist.batch(torch.randperm(len(fmnist), generator=torch.Generator().manual_seed(seed))[:128])
+        with torch.no_grad():
+            ce = float(F.cross_entropy(build_model("preact_resnet18", 1, 10)(x), y))
+            torch.manual_seed(seed)
+            ce_authors = float(F.cross_entropy(build_model("preact_resnet18_authors", 1, 10)(x), y))
+        assert abs(ce - math.log(10)) < 0.3, (seed, ce)
+        assert ce_authors > math.log(10) + 0.5, (seed, ce_authors)
 
 
 def test_double_backward_on_a_first_order_model_names_the_fix(tmp_path, fmnist):

@@ -1,10 +1,12 @@
 """Readers for the published corruption benchmarks, from a local directory (nothing is downloaded).
 
 * CIFAR-10-C / CIFAR-100-C (Hendrycks & Dietterich 2019): ``<root>/<corruption>.npy`` of shape
-  (50000, 32, 32, 3) uint8, five severity blocks of 10000 test images in test-set order, and
-  ``<root>/labels.npy`` (50000,).
-* Tiny-ImageNet-C: ``<root>/<corruption>/<severity>/<wnid>/*.JPEG``; classes are indexed in sorted wnid
-  order (as torchvision's ``ImageFolder`` does for the training set).
+  (5 N, 32, 32, 3) uint8, five severity blocks of the N test images in test-set order (N = 10000 in the
+  published files), and ``<root>/labels.npy`` (5 N,).
+* Tiny-ImageNet-C: ``<root>/<corruption>/<severity>/<wnid>/<file>.JPEG``, every severity holding the
+  validation images under their own file names. Images are taken in :func:`image_sort_key` order of the file
+  names, which is the order of the TinyImageNet validation set (:func:`jafr_kernels.train.load_dataset`),
+  so position ``i`` is the corrupted version of validation image ``i``; labels index the sorted wnids.
 
 Both give images as (N, 3, H, W) float32 in [0, 1] and labels (N,) int64. When such a directory is given,
 the study evaluates on these files instead of generating corruptions.
@@ -17,7 +19,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from jafr_kernels.train.data import image_sort_key
+
 BLOCK = 10000  # images per severity in the published CIFAR-C files
+_IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
+
+
+def _check_severity(severity) -> None:
+    if severity not in (1, 2, 3, 4, 5):
+        raise ValueError(f"severity must be in 1..5, got {severity!r}")
+
+
+def _positions(indices, available: int, where: str) -> np.ndarray:
+    idx = np.arange(available) if indices is None else np.asarray(indices, dtype=np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= available):
+        raise ValueError(f"{where} holds {available} images per severity, but test image {int(idx.max())} was asked for: "
+                         "the corruption set does not match this test set")
+    return idx
 
 
 class CifarC:
@@ -32,8 +50,8 @@ class CifarC:
         self.root = root
         self.labels = np.load(labels_path)
         self.block = len(self.labels) // 5
-        if self.block * 5 != len(self.labels):
-            raise ValueError(f"{labels_path} has {len(self.labels)} labels; expected 5 severity blocks of equal size")
+        if self.labels.ndim != 1 or self.block * 5 != len(self.labels) or self.block == 0:
+            raise ValueError(f"{labels_path} has shape {self.labels.shape}; expected (5 N,): 5 severity blocks of N test images")
         self.names = sorted(f[:-4] for f in os.listdir(root) if f.endswith(".npy") and f != "labels.npy")
 
     def load(self, name: str, severity: int, indices=None) -> tuple[Tensor, Tensor]:
@@ -43,20 +61,19 @@ class CifarC:
         """
         if name not in self.names:
             raise ValueError(f"corruption {name!r} not in {self.root}; available: {self.names}")
-        if severity not in (1, 2, 3, 4, 5):
-            raise ValueError(f"severity must be in 1..5, got {severity!r}")
+        _check_severity(severity)
         data = np.load(os.path.join(self.root, f"{name}.npy"), mmap_mode="r")
         if data.ndim != 4 or data.shape[0] != len(self.labels) or data.shape[-1] != 3:
             raise ValueError(f"{name}.npy has shape {data.shape}; expected ({len(self.labels)}, H, W, 3)")
         start = (severity - 1) * self.block
-        idx = np.arange(self.block) if indices is None else np.asarray(indices)
+        idx = _positions(indices, self.block, self.root)
         images = torch.from_numpy(np.ascontiguousarray(data[start + idx])).permute(0, 3, 1, 2).float() / 255
         labels = torch.from_numpy(np.asarray(self.labels[start + idx])).long()
         return images, labels
 
 
 class FolderC:
-    """Tiny-ImageNet-C style folders ``root/<corruption>/<severity>/<class>/<image>`` (JPEG or PNG)."""
+    """Tiny-ImageNet-C folders ``root/<corruption>/<severity>/<wnid>/<image>`` (JPEG or PNG)."""
 
     def __init__(self, root: str):
         if not os.path.isdir(root):
@@ -69,20 +86,22 @@ class FolderC:
         if not os.path.isdir(base):
             raise FileNotFoundError(f"missing folder {base}")
         classes = sorted(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d)))
-        files, labels = [], []
+        found = []
         for i, cls in enumerate(classes):
-            for f in sorted(os.listdir(os.path.join(base, cls))):
-                if f.lower().endswith((".jpeg", ".jpg", ".png")):
-                    files.append(os.path.join(base, cls, f))
-                    labels.append(i)
-        return files, labels
+            found += [(os.path.join(base, cls, f), i) for f in os.listdir(os.path.join(base, cls))
+                      if f.lower().endswith(_IMAGE_EXTENSIONS)]
+        found.sort(key=lambda item: image_sort_key(item[0]))
+        return [f for f, _ in found], [label for _, label in found]
 
     def load(self, name: str, severity: int, indices=None) -> tuple[Tensor, Tensor]:
-        """Images (N, 3, H, W) float32 in [0, 1] and labels (N,) (sorted class folder order)."""
+        """Images (N, 3, H, W) float32 in [0, 1] and labels (N,); ``indices`` are validation-set positions."""
         from PIL import Image
 
+        if name not in self.names:
+            raise ValueError(f"corruption {name!r} not in {self.root}; available: {self.names}")
+        _check_severity(severity)
         files, labels = self._files(name, severity)
-        idx = range(len(files)) if indices is None else [int(i) for i in indices]
+        idx = _positions(indices, len(files), os.path.join(self.root, name, str(severity)))
         images = []
         for i in idx:
             with Image.open(files[i]) as img:

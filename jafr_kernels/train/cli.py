@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+from jafr_kernels.cli import DefaultsFormatter
 from jafr_kernels.train.data import DATASETS
 from jafr_kernels.train.models import MODELS
 
@@ -15,63 +17,93 @@ def register(subparsers) -> None:
         help="train a classifier with JaFR, adversarial training or plain CE",
         description="Train a model; writes config.json, metrics.jsonl and verified checkpoints (last.pt, prev.pt) "
         "to --out. Under torchrun each process takes batch-size/N samples of every global batch.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsFormatter,
     )
     from jafr_kernels.train.loop import METHODS
 
-    p.add_argument("--method", default="jafr", choices=METHODS)
-    p.add_argument("--dataset", default="fashion_mnist", choices=DATASETS)
-    p.add_argument("--model", default="small_cnn", choices=MODELS)
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    p.add_argument("--method", default="jafr", choices=METHODS, help="training method")
+    p.add_argument("--dataset", default="fashion_mnist", choices=DATASETS,
+                   help="fashion_mnist is embedded; the others are read from --data-dir")
+    p.add_argument("--model", default="small_cnn", choices=MODELS,
+                   help="preact_resnet18: the paper's network with the standard pre-activation head; "
+                   "preact_resnet18_authors: the authors' exact head (needs the paper's long warmup); default: small_cnn")
+    p.add_argument("--epochs", type=int, default=1, help="passes over the training set")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps (default: the epochs' steps)")
     p.add_argument("--batch-size", type=int, default=128, help="global batch size")
     p.add_argument("--lam", "--lambda", dest="lam", type=float, default=None,
-                   help="JaFR weight (default 0.1 for --formulation ratio, 0.001 for official)")
+                   help="JaFR weight, >= 0 (default 0.1 for --formulation ratio, 0.001 for official)")
     p.add_argument("--cutoff", type=float, default=0.25, help="low-band radius (1 = Nyquist)")
-    p.add_argument("--target", default="low", choices=("low", "high"))
-    p.add_argument("--formulation", default="ratio", choices=("ratio", "official"))
-    p.add_argument("--jacobian-mode", default="double_backward", choices=("double_backward", "finite_difference"))
+    p.add_argument("--target", default="low", choices=("low", "high"), help="push J's spectrum to low or high frequencies")
+    p.add_argument("--formulation", default="ratio", choices=("ratio", "official"),
+                   help="ratio: energy share outside/inside the band; official: the authors' log-spectrum score")
+    p.add_argument("--jacobian-mode", default="double_backward", choices=("double_backward", "finite_difference"),
+                   help="how the penalty's parameter gradient is taken")
     p.add_argument("--fd-h", type=float, default=0.01, help="finite-difference step, relative to ||x||/||v||")
     p.add_argument("--eps", type=float, default=None, help="L-inf radius (default: 0.1 Fashion-MNIST, 8/255 others)")
     p.add_argument("--lr", type=float, default=None, help="peak LR (default 0.05 Fashion-MNIST, 0.2 others)")
-    p.add_argument("--lr-schedule", default="cyclic", choices=("cyclic", "constant"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/train", help="run directory")
-    p.add_argument("--data-dir", default=None, help="dataset root (Fashion-MNIST default: /usr/share/datasets/fashion-mnist)")
-    p.add_argument("--train-subset", type=int, default=None, help="use only the first N training samples")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--lr-schedule", default="cyclic", choices=("cyclic", "constant"), help="cyclic: triangular, as in the paper")
+    p.add_argument("--warmup-min", type=int, default=100,
+                   help="cyclic LR: warm up over at least this many steps (2/5 of training when longer; at most half the run)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the model, data order and attacks")
+    p.add_argument("--out", default="runs/train", help="run directory (new or empty, unless --resume or --overwrite)")
+    p.add_argument("--data-dir", default=None, help="dataset root (Fashion-MNIST: /usr/share/datasets/fashion-mnist by default)")
+    p.add_argument("--train-subset", type=int, default=None, help="use only the first N training samples (default: all)")
+    p.add_argument("--device", default="auto", help="auto (GPU if visible, else CPU; cuda:LOCAL_RANK under torchrun), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="model and data precision")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the model (spectral maths stay fp32)")
     p.add_argument("--sync-bn", action="store_true", help="convert BatchNorm to SyncBatchNorm under DDP")
     p.add_argument("--update-bn-in-extra-passes", dest="freeze_bn", action="store_false",
-                   help="let attack/Jacobian/finite-difference passes update BN running stats (authors' code)")
-    p.add_argument("--no-augment", dest="augment", action="store_false")
+                   help="let attack/Jacobian/finite-difference passes update BN running stats (as the authors' code does; "
+                   "by default only the main pass does)")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
     p.add_argument("--ckpt-every", type=int, default=100, help="checkpoint every N steps (and at epoch ends)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --out")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--log-every", type=int, default=20,
+                   help="read metrics back from the device every N steps (and at checkpoints and epoch ends)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --out")
+    g.add_argument("--overwrite", action="store_true", help="replace the run in --out (its config, metrics, checkpoints, eval.json)")
+    p.add_argument("--init-from", default=None, metavar="RUN_OR_CKPT",
+                   help="start from the model weights of a run folder or checkpoint (fresh optimizer and schedule)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=main)
 
 
-def main(args: argparse.Namespace) -> int:
-    from jafr_kernels.train.checkpoint import CheckpointError
-    from jafr_kernels.train.data import DatasetError
-    from jafr_kernels.train.loop import DoubleBackwardError, NonFiniteLossError, TrainConfig, train_model
+def config_from_args(args: argparse.Namespace):
+    """The :class:`TrainConfig` the arguments describe (not yet checked)."""
+    from jafr_kernels.train.loop import TrainConfig
 
-    cfg = TrainConfig(
+    return TrainConfig(
         method=args.method, dataset=args.dataset, model=args.model, epochs=args.epochs, max_steps=args.max_steps,
         batch_size=args.batch_size, lam=args.lam, cutoff=args.cutoff, target=args.target, formulation=args.formulation,
         jacobian_mode=args.jacobian_mode, fd_h=args.fd_h, eps=args.eps, lr=args.lr, lr_schedule=args.lr_schedule,
-        seed=args.seed, out_dir=args.out, data_dir=args.data_dir, train_subset=args.train_subset, device=args.device,
-        dtype=args.dtype, bf16=args.bf16, sync_bn=args.sync_bn, freeze_bn=args.freeze_bn, augment=args.augment,
-        ckpt_every=args.ckpt_every, resume=args.resume, progress=args.progress,
+        warmup_min=args.warmup_min, seed=args.seed, out_dir=args.out, data_dir=args.data_dir,
+        train_subset=args.train_subset, device=args.device, dtype=args.dtype, bf16=args.bf16, sync_bn=args.sync_bn,
+        freeze_bn=args.freeze_bn, augment=args.augment, ckpt_every=args.ckpt_every, log_every=args.log_every,
+        resume=args.resume, overwrite=args.overwrite, init_from=args.init_from, progress=args.progress,
     )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Train; errors are turned into one-line messages by :func:`jafr_kernels.cli.run_command`."""
+    from jafr_kernels.train.loop import train_model
+
     try:
-        result = train_model(cfg)
-    except (DatasetError, CheckpointError, NonFiniteLossError, DoubleBackwardError, ValueError) as exc:
-        print(f"jafr train: error: {exc}", file=sys.stderr)
-        return 1
+        result = train_model(config_from_args(args))
+    except KeyboardInterrupt:
+        print(f"jafr train: interrupted; {_kept(args.out)}", file=sys.stderr)
+        return 130
     steps = [r for r in result.history if r.get("type") == "step"]
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return 0
     if steps:
         last = steps[-1]
         print(f"done: {result.step} steps, last loss {last['loss']:.4f}, acc {last['acc']:.3f}; run dir {result.run_dir}")
+    else:
+        print(f"done: the run in {result.run_dir} had already finished ({result.step} steps)")
     return 0
+
+
+def _kept(run_dir: str) -> str:
+    if os.path.exists(os.path.join(run_dir, "last.pt")):
+        return f"the last checkpoint in {run_dir} is kept; continue with --resume"
+    return "no checkpoint was written"

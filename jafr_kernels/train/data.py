@@ -1,17 +1,21 @@
 """Datasets for training and evaluation: images as float tensors in [0, 1], shape (C, H, W), labels int.
 
 Fashion-MNIST (the default) is read from gzipped idx files, by default from
-``/usr/share/datasets/fashion-mnist/``. CIFAR-10, CIFAR-100, SVHN and TinyImageNet-200 are read from a local
-``data_dir`` in their published layouts through torchvision (never downloaded). A missing dataset fails at
-once with the path and the expected files; a truncated or malformed file fails with its name.
+``/usr/share/datasets/fashion-mnist/``. CIFAR-10/100 (python pickle batches), SVHN (``.mat``, read with
+scipy) and TinyImageNet-200 (JPEG folders; the validation images labelled by ``val_annotations.txt``) are read
+from a local ``data_dir`` in their published layouts, never downloaded. (torchvision's CIFAR and SVHN classes
+are not used: they accept only files whose MD5 matches the download.) A missing dataset fails at once with
+the path and the expected files; a truncated or malformed file fails with its name.
 """
 from __future__ import annotations
 
 import gzip
 import os
+import re
 import struct
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -120,7 +124,7 @@ def read_idx(path: str) -> Tensor:
     return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(shape)
 
 
-def _fashion_mnist(train: bool, data_dir: str | None) -> TensorImageDataset:
+def _fashion_mnist_paths(train: bool, data_dir: str | None) -> list[str]:
     root = data_dir or FASHION_MNIST_DIR
     prefix = "train" if train else "t10k"
     names = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
@@ -136,61 +140,208 @@ def _fashion_mnist(train: bool, data_dir: str | None) -> TensorImageDataset:
                 f"Fashion-MNIST not found under {root}: expected {names[0]}.gz and {names[1]}.gz "
                 "(gzipped idx files; on Debian: apt-get install dataset-fashion-mnist)"
             )
+    return paths
+
+
+def _fashion_mnist(train: bool, data_dir: str | None) -> TensorImageDataset:
+    paths = _fashion_mnist_paths(train, data_dir)
     images, labels = read_idx(paths[0]), read_idx(paths[1])
     if images.dim() != 3 or labels.dim() != 1 or images.shape[0] != labels.shape[0]:
         raise DatasetError(f"Fashion-MNIST files {paths[0]} and {paths[1]} disagree: images {tuple(images.shape)}, labels {tuple(labels.shape)}")
     return TensorImageDataset(images[:, None].contiguous(), labels.long())
 
 
-# --------------------------------------------------------------------------- torchvision datasets
-_EXPECTED = {
-    "cifar10": ("cifar-10-batches-py/", ["data_batch_1..5", "test_batch", "batches.meta"]),
-    "cifar100": ("cifar-100-python/", ["train", "test", "meta"]),
-    "svhn": ("", ["train_32x32.mat", "test_32x32.mat"]),
-    "tinyimagenet": ("tiny-imagenet-200/", ["train/<wnid>/images/*.JPEG (or train/<wnid>/*.JPEG)", "val/<wnid>/*.JPEG (val sorted into class folders)"]),
+# --------------------------------------------------------------------------- published layouts
+_LAYOUT = {
+    "cifar10": "cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} (the python pickle batches)",
+    "cifar100": "cifar-100-python/{train, test, meta} (the python pickle batches)",
+    "svhn": "train_32x32.mat and test_32x32.mat (the cropped-digits .mat files)",
+    "tinyimagenet": "tiny-imagenet-200/train/<wnid>/images/*.JPEG, tiny-imagenet-200/val/images/*.JPEG with "
+                    "val/val_annotations.txt (or val sorted into val/<wnid>/ folders)",
 }
 
 
 def _missing(name: str, root: str | None, detail: str = "") -> DatasetError:
-    sub, files = _EXPECTED[name]
-    where = os.path.join(root, sub) if root else f"<data-dir>/{sub}"
-    hint = "" if root else " (no --data-dir / data_dir given)"
-    return DatasetError(
-        f"{name} not found at {where}{hint}: expected {', '.join(files)} in the published layout; "
-        f"datasets are never downloaded.{(' ' + detail) if detail else ''}"
-    )
+    where = root if root else "<data-dir>"
+    hint = " (no --data-dir / data_dir given)" if not root else ""
+    return DatasetError(f"{name} not found at {where}{hint}: expected {_LAYOUT[name]}; datasets are never downloaded."
+                        + (f" {detail}" if detail else ""))
 
 
-def _torchvision(name: str, train: bool, root: str | None) -> Dataset:
-    import numpy as np
-    from torchvision import datasets, transforms
+def _cifar_files(name: str, root: str, train: bool) -> tuple[list[str], str]:
+    if name == "cifar10":
+        base = os.path.join(root, "cifar-10-batches-py")
+        files = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+        return [os.path.join(base, f) for f in files], os.path.join(base, "batches.meta")
+    base = os.path.join(root, "cifar-100-python")
+    return [os.path.join(base, "train" if train else "test")], os.path.join(base, "meta")
 
-    if not root or not os.path.isdir(root):
-        raise _missing(name, root)
+
+def _unpickle(path: str, name: str, root: str) -> dict:
+    import pickle
+
     try:
-        if name in ("cifar10", "cifar100"):
-            cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-            if not os.path.isdir(os.path.join(root, _EXPECTED[name][0])):
-                raise _missing(name, root)
-            ds = cls(root, train=train, download=False)
-            images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
-            return TensorImageDataset(images, torch.as_tensor(ds.targets))
-        if name == "svhn":
-            split = "train" if train else "test"
-            if not os.path.isfile(os.path.join(root, f"{split}_32x32.mat")):
-                raise _missing(name, root)
-            ds = datasets.SVHN(root, split=split, download=False)
-            return TensorImageDataset(torch.from_numpy(np.ascontiguousarray(ds.data)), torch.as_tensor(ds.labels) % 10)
-        if name == "tinyimagenet":
-            sub = os.path.join(root, "tiny-imagenet-200", "train" if train else "val")
-            if not os.path.isdir(sub):
-                raise _missing(name, root)
-            return datasets.ImageFolder(sub, transform=transforms.ToTensor())
-    except DatasetError:
-        raise
-    except (RuntimeError, OSError, ValueError, KeyError, EOFError) as exc:  # torchvision's own "not found or corrupted"
-        raise _missing(name, root, f"Reading failed: {exc}") from None
-    raise ValueError(f"unknown dataset {name!r}")
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as exc:
+        raise DatasetError(f"{name}: cannot read {path}: {exc} (truncated or not a CIFAR python pickle?)") from None
+
+
+def _cifar(name: str, train: bool, root: str) -> TensorImageDataset:
+    """CIFAR-10/100 from the published python pickle batches (``data`` (N, 3072) uint8 rows, channel-major)."""
+    files, meta_path = _cifar_files(name, root, train)
+    classes = dataset_info(name).num_classes
+    meta = _unpickle(meta_path, name, root)
+    names = meta.get("label_names" if name == "cifar10" else "fine_label_names")
+    if names is None or len(names) != classes:
+        raise DatasetError(f"{name}: {meta_path} lists {0 if names is None else len(names)} class names, expected {classes}")
+    images, labels = [], []
+    for path in files:
+        batch = _unpickle(path, name, root)
+        key = "labels" if name == "cifar10" else "fine_labels"
+        if "data" not in batch or key not in batch:
+            raise DatasetError(f"{name}: {path} has no 'data' / '{key}' entries")
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != len(batch[key]):
+            raise DatasetError(f"{name}: {path} holds data {data.shape} and {len(batch[key])} labels; expected (N, 3072) and N")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.extend(batch[key])
+    return _checked(name, torch.from_numpy(np.concatenate(images)), torch.as_tensor(labels, dtype=torch.long), files[0])
+
+
+def _svhn(train: bool, root: str) -> TensorImageDataset:
+    """SVHN cropped digits from the published ``{train,test}_32x32.mat``: X (32, 32, 3, N), y (N, 1) in 1..10 (10 is digit 0)."""
+    from scipy.io import loadmat
+
+    path = os.path.join(root, f"{'train' if train else 'test'}_32x32.mat")
+    try:
+        mat = loadmat(path)
+    except Exception as exc:  # scipy raises several types for damaged files
+        raise DatasetError(f"svhn: cannot read {path}: {exc} (truncated or not a .mat file?)") from None
+    if "X" not in mat or "y" not in mat or mat["X"].ndim != 4 or mat["X"].shape[:3] != (32, 32, 3):
+        raise DatasetError(f"svhn: {path} needs X of shape (32, 32, 3, N) and y of shape (N, 1)")
+    images = torch.from_numpy(np.ascontiguousarray(mat["X"].astype(np.uint8).transpose(3, 2, 0, 1)))
+    y = torch.from_numpy(mat["y"].astype(np.int64).reshape(-1))
+    if y.numel() and (y.min() < 1 or y.max() > 10):
+        raise DatasetError(f"svhn: {path} has labels outside 1..10 (the published files label digit 0 as 10)")
+    return _checked("svhn", images, y % 10, path)
+
+
+def _checked(name: str, images: Tensor, labels: Tensor, path: str) -> TensorImageDataset:
+    classes = dataset_info(name).num_classes
+    if labels.shape != (images.shape[0],):
+        raise DatasetError(f"{name}: {path} gives {images.shape[0]} images but {labels.numel()} labels")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= classes):
+        raise DatasetError(f"{name}: {path} has labels outside 0..{classes - 1}")
+    return TensorImageDataset(images, labels)
+
+
+def image_sort_key(path: str):
+    """Natural order of image file names (``val_2`` before ``val_10``): the order of the TinyImageNet
+    validation set, and of each Tiny-ImageNet-C severity folder, which holds the same file names."""
+    parts = re.split(r"(\d+)", os.path.basename(path))
+    return [int(p) if p.isdigit() else p for p in parts]
+
+
+_IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
+
+
+class ImageFiles(Dataset):
+    """Labelled image files; items are ((3, H, W) float32 in [0, 1], int). ``samples``: list of (path, label)."""
+
+    def __init__(self, samples: list, classes: list):
+        self.samples, self.classes = samples, classes
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        path, label = self.samples[i]
+        try:
+            with Image.open(path) as img:
+                x = torch.from_numpy(np.asarray(img.convert("RGB")).copy())
+        except OSError as exc:
+            raise DatasetError(f"cannot read image {path}: {exc}") from None
+        return x.permute(2, 0, 1).float() / 255.0, label
+
+
+def _images_under(folder: str) -> list[str]:
+    found = []
+    for base, _, files in os.walk(folder):
+        found += [os.path.join(base, f) for f in files if f.lower().endswith(_IMAGE_EXTENSIONS)]
+    return found
+
+
+def _tinyimagenet(train: bool, root: str) -> ImageFiles:
+    """TinyImageNet-200: classes are the sorted wnid folders of ``train/`` (torchvision ``ImageFolder`` order).
+
+    The validation split comes from ``val/images`` + ``val/val_annotations.txt`` (the published layout) or from
+    ``val/<wnid>/`` folders; either way in :func:`image_sort_key` order of the file names.
+    """
+    from torchvision.datasets import ImageFolder
+
+    base = os.path.join(root, "tiny-imagenet-200")
+    train_dir, val_dir = os.path.join(base, "train"), os.path.join(base, "val")
+    if not os.path.isdir(train_dir):
+        raise _missing("tinyimagenet", root, f"(no folder {train_dir})")
+    classes = sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
+    if not classes or len(classes) > dataset_info("tinyimagenet").num_classes:
+        raise DatasetError(f"tinyimagenet: {train_dir} holds {len(classes)} class folders; expected 1 to 200 <wnid> folders")
+    index = {c: i for i, c in enumerate(classes)}
+    if train:
+        folder = ImageFolder(train_dir)
+        if folder.classes != classes:
+            raise DatasetError(f"tinyimagenet: {train_dir} has class folders without images")
+        return ImageFiles(list(folder.samples), classes)
+    annotations = os.path.join(val_dir, "val_annotations.txt")
+    samples = []
+    if os.path.isfile(annotations):
+        with open(annotations) as f:
+            for n, line in enumerate(f, 1):
+                fields = line.split()
+                if not fields:
+                    continue
+                if len(fields) < 2 or fields[1] not in index:
+                    raise DatasetError(f"tinyimagenet: {annotations} line {n}: expected '<file> <wnid> ...' with a wnid of train/, got {line.strip()!r}")
+                path = os.path.join(val_dir, "images", fields[0])
+                if not os.path.isfile(path):
+                    raise DatasetError(f"tinyimagenet: {annotations} line {n} names {path}, which does not exist")
+                samples.append((path, index[fields[1]]))
+    elif os.path.isdir(val_dir) and any(d in index for d in os.listdir(val_dir)):
+        for wnid in os.listdir(val_dir):
+            if wnid in index:
+                samples += [(p, index[wnid]) for p in _images_under(os.path.join(val_dir, wnid))]
+    else:
+        raise _missing("tinyimagenet", root, f"(no {annotations} and no val/<wnid>/ folders)")
+    if not samples:
+        raise DatasetError(f"tinyimagenet: no validation images found under {val_dir}")
+    samples.sort(key=lambda s: image_sort_key(s[0]))
+    return ImageFiles(samples, classes)
+
+
+def _required_files(name: str, root: str) -> list[str]:
+    if name in ("cifar10", "cifar100"):
+        train, meta = _cifar_files(name, root, True)
+        return train + _cifar_files(name, root, False)[0] + [meta]
+    if name == "svhn":
+        return [os.path.join(root, "train_32x32.mat"), os.path.join(root, "test_32x32.mat")]
+    return [os.path.join(root, "tiny-imagenet-200", "train"), os.path.join(root, "tiny-imagenet-200", "val")]
+
+
+def check_dataset(name: str, data_dir: str | None = None) -> None:
+    """Raise :class:`DatasetError` (path and expected layout) unless ``name``'s files are present; reads nothing."""
+    key = _normalise(name)
+    if key == "fashion_mnist":
+        for train in (True, False):
+            _fashion_mnist_paths(train, data_dir)
+        return
+    if not data_dir or not os.path.isdir(data_dir):
+        raise _missing(key, data_dir)
+    absent = [p for p in _required_files(key, data_dir) if not os.path.exists(p)]
+    if absent:
+        raise _missing(key, data_dir, f"(missing: {', '.join(absent[:3])}{' ...' if len(absent) > 3 else ''})")
 
 
 def load_dataset(name: str = "fashion_mnist", train: bool = True, data_dir: str | None = None) -> Dataset:
@@ -198,7 +349,8 @@ def load_dataset(name: str = "fashion_mnist", train: bool = True, data_dir: str 
 
     Args:
         name: ``fashion_mnist`` (default; gzipped idx from ``data_dir`` or /usr/share/datasets/fashion-mnist),
-            ``cifar10``, ``cifar100``, ``svhn`` or ``tinyimagenet`` (from ``data_dir`` in the published layout).
+            ``cifar10``, ``cifar100`` (python pickle batches), ``svhn`` (.mat) or ``tinyimagenet`` (JPEG
+            folders), read from ``data_dir`` in their published layouts.
         train: the training split (True) or the test/validation split (False).
         data_dir: directory holding the dataset.
 
@@ -209,7 +361,12 @@ def load_dataset(name: str = "fashion_mnist", train: bool = True, data_dir: str 
     key = _normalise(name)
     if key == "fashion_mnist":
         return _fashion_mnist(train, data_dir)
-    return _torchvision(key, train, data_dir)
+    check_dataset(key, data_dir)
+    if key in ("cifar10", "cifar100"):
+        return _cifar(key, train, data_dir)
+    if key == "svhn":
+        return _svhn(train, data_dir)
+    return _tinyimagenet(train, data_dir)
 
 
 def augment(x: Tensor, info: DatasetInfo, generator: torch.Generator) -> Tensor:

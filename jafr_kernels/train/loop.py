@@ -6,8 +6,16 @@ order of epoch ``e`` is a permutation drawn from ``seed + e`` (``DistributedSamp
 draw of step ``s`` comes from a generator seeded by ``(seed, s, rank)``, so ``resume=True`` continues
 bit-exactly on CPU, skipping the batches of the interrupted epoch that were already used.
 
-Multi-process: run under ``torchrun --nproc_per_node=N`` (gloo on CPU, nccl on GPU). ``batch_size`` is the
-global batch; each process takes ``batch_size / N`` samples of it, the objective is per process (see
+Host reads: a step's metrics (loss, CE, penalty, J's low-frequency ratio, accuracy) stay on the device and
+are read back together every ``log_every`` steps, at every checkpoint, at epoch ends and at the last step
+(the *logging steps*); between two logging steps the loop reads no tensor value. A non-finite loss, CE or
+penalty (a NaN/Inf Jacobian gives a NaN penalty) is therefore found at the next logging step, which always
+comes before the next checkpoint: training stops with :class:`NonFiniteLossError` naming the first bad step,
+and nothing computed after the last good checkpoint is saved.
+
+Multi-process: run under ``torchrun --nproc_per_node=N``. Each process takes ``cuda:LOCAL_RANK`` with NCCL on
+GPUs, or the CPU with gloo (see :mod:`jafr_kernels.train.device`). ``batch_size`` is the global batch; each
+process takes ``batch_size / N`` samples of it, the objective is per process (see
 :mod:`jafr_kernels.train.objective`) and DDP averages the gradients in the one ``backward()`` of each step.
 Rank 0 writes the run directory.
 """
@@ -31,13 +39,17 @@ from torch.utils.data import Dataset, DistributedSampler, Subset
 from jafr_kernels import attacks
 from jafr_kernels.train import checkpoint as ckpt
 from jafr_kernels.train.data import augment, dataset_info, get_batch, load_dataset, TensorImageDataset
+from jafr_kernels.train.device import choose_device, init_distributed, world_from_env
 from jafr_kernels.train.methods import METHOD_NAMES as METHODS, default_lambda, get_method
-from jafr_kernels.train.models import build_model
+from jafr_kernels.train.models import MODELS, build_model
 from jafr_kernels.train.objective import JACOBIAN_MODES, frozen_bn_stats, gradalign_objective, jafr_objective
+
+RUN_FILES = ("config.json", "metrics.jsonl", ckpt.LAST, ckpt.PREV, "eval.json")  # what --overwrite removes
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training stopped because the loss became NaN/Inf; the message names the step and the last checkpoint."""
+    """Training diverged (NaN/Inf loss, CE or penalty); the one-line message names the first bad step, its
+    values, the last good checkpoint and what to change."""
 
 
 class DoubleBackwardError(RuntimeError):
@@ -53,7 +65,11 @@ class TrainConfig:
     default (0.1 Fashion-MNIST, 8/255 others). FGSM: zero init, step 1.25 eps. PGD: 10 steps of eps/4
     (2/255 at eps 8/255), zero init as in the authors' code. GradAlign: FGSM of step eps plus
     ``gradalign_lambda * (1 - cos)``. SGD (momentum 0.9, weight decay 5e-4), triangular LR peaking at 2/5
-    of training.
+    of training but never before update ``warmup_min`` (when the run is long enough; see
+    :class:`TriangularLR`). ``device="auto"``: the GPU when one is visible, else the CPU.
+    ``log_every``: steps between host reads of the metrics. ``resume`` continues the run in ``out_dir``;
+    ``overwrite`` replaces it; with neither, ``out_dir`` must be new or empty. ``init_from``: a run folder or
+    checkpoint whose model weights start this run (fresh optimizer and schedule).
     """
 
     method: str = "jafr"
@@ -72,12 +88,13 @@ class TrainConfig:
     out_dir: str = "runs/train"
     data_dir: Optional[str] = None
     train_subset: Optional[int] = None
-    device: str = "cpu"
+    device: str = "auto"
     lr: Optional[float] = None
     progress: bool = True
     momentum: float = 0.9
     weight_decay: float = 5e-4
     lr_schedule: str = "cyclic"
+    warmup_min: int = 100
     gradalign_lambda: float = 0.2
     pgd_steps: int = 10
     fd_h: float = 0.01
@@ -87,35 +104,64 @@ class TrainConfig:
     augment: bool = True
     dtype: str = "float32"
     ckpt_every: int = 100
+    log_every: int = 20
     resume: bool = False
+    overwrite: bool = False
+    init_from: Optional[str] = None
 
     def resolved(self) -> "TrainConfig":
-        """A copy with the ``None`` defaults filled in and every field checked."""
+        """A copy with the ``None`` defaults filled in and every field checked (``ValueError`` naming it)."""
         info = dataset_info(self.dataset)
         cfg = dataclasses.replace(self, dataset=info.name)
-        if cfg.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}; got {cfg.method!r}")
-        if cfg.jacobian_mode not in JACOBIAN_MODES:
-            raise ValueError(f"jacobian_mode must be one of {JACOBIAN_MODES}; got {cfg.jacobian_mode!r}")
-        if cfg.target not in ("low", "high"):
-            raise ValueError(f"target must be 'low' or 'high'; got {cfg.target!r}")
-        if cfg.formulation not in ("ratio", "official"):
-            raise ValueError(f"formulation must be 'ratio' or 'official'; got {cfg.formulation!r}")
-        if cfg.lr_schedule not in ("cyclic", "constant"):
-            raise ValueError(f"lr_schedule must be 'cyclic' or 'constant'; got {cfg.lr_schedule!r}")
-        if cfg.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be 'float32' or 'float64'; got {cfg.dtype!r}")
-        if cfg.epochs < 1 or cfg.batch_size < 1 or (cfg.max_steps is not None and cfg.max_steps < 1):
-            raise ValueError(f"need epochs >= 1, batch_size >= 1, max_steps >= 1 or None; got {cfg.epochs}, {cfg.batch_size}, {cfg.max_steps}")
-        if cfg.ckpt_every < 1:
-            raise ValueError(f"ckpt_every must be >= 1 step, got {cfg.ckpt_every}")
+        _choice("method", cfg.method, METHODS)
+        _choice("model", cfg.model, MODELS)
+        _choice("jacobian_mode", cfg.jacobian_mode, JACOBIAN_MODES)
+        _choice("target", cfg.target, ("low", "high"))
+        _choice("formulation", cfg.formulation, ("ratio", "official"))
+        _choice("lr_schedule", cfg.lr_schedule, ("cyclic", "constant"))
+        _choice("dtype", cfg.dtype, ("float32", "float64"))
+        for name in ("epochs", "batch_size", "ckpt_every", "log_every", "pgd_steps"):
+            _at_least(name, getattr(cfg, name), 1)
+        for name in ("max_steps", "train_subset"):
+            if getattr(cfg, name) is not None:
+                _at_least(name, getattr(cfg, name), 1)
+        _at_least("warmup_min", cfg.warmup_min, 0)
+        if not 0 < cfg.cutoff <= math.sqrt(2):
+            raise ValueError(f"cutoff must lie in (0, 1.414] (radius, 1 = Nyquist); got {cfg.cutoff}")
+        for name in ("lam", "eps", "lr", "weight_decay", "gradalign_lambda"):
+            value = getattr(cfg, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                hint = " (use --target high to push J to high frequencies)" if name == "lam" else ""
+                raise ValueError(f"{name} must be a finite number >= 0; got {value}{hint}")
+        if not (math.isfinite(cfg.fd_h) and cfg.fd_h > 0):
+            raise ValueError(f"fd_h must be a finite number > 0; got {cfg.fd_h}")
+        if not 0 <= cfg.momentum < 1:
+            raise ValueError(f"momentum must lie in [0, 1); got {cfg.momentum}")
+        if cfg.resume and cfg.overwrite:
+            raise ValueError("resume and overwrite exclude each other: --resume continues the run, --overwrite replaces it")
+        if cfg.init_from is not None and not os.path.exists(cfg.init_from):
+            raise ValueError(f"init_from: {cfg.init_from} does not exist (give a run folder or a checkpoint file)")
+        _, local_rank, world = world_from_env()
+        choose_device(cfg.device, local_rank=local_rank, world_size=world)
         if cfg.lam is None:
             cfg.lam = default_lambda(cfg.formulation)
         if cfg.lr is None:
             cfg.lr = 0.05 if info.name == "fashion_mnist" else 0.2
         if cfg.eps is None:
             cfg.eps = info.eps
+        if cfg.eps == 0 and get_method(cfg.method).attack is not None:
+            raise ValueError(f"eps must be > 0 for method {cfg.method!r}")
         return cfg
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _at_least(name: str, value, low: int) -> None:
+    if not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
 
 
 @dataclass
@@ -130,14 +176,20 @@ class TrainResult:
 
 
 class TriangularLR:
-    """LR factor for update ``k`` (0-based): linear 0 -> 1 at 2/5 of ``total`` updates, then -> 0 (authors' schedule,
-    evaluated after the update, so the first update has a positive LR)."""
+    """LR factor for update ``k`` (0-based): linear 0 -> 1 over the warmup, then linear -> 0 at ``total``
+    (the authors' cyclic schedule, evaluated after the update, so the first update has a positive LR).
 
-    def __init__(self, total: int, peak: float = 0.4):
-        self.total, self.peak = int(total), float(peak)
+    The warmup is ``peak * total`` updates (2/5 of training, as in the paper), but at least ``warmup_min``
+    updates as long as that leaves half of the run for the decay: short runs do not jump to the peak LR
+    within a few dozen steps.
+    """
+
+    def __init__(self, total: int, peak: float = 0.4, warmup_min: int = 0):
+        self.total = int(total)
+        self.warmup = max(peak * self.total, min(float(warmup_min), self.total / 2))
 
     def __call__(self, k: int) -> float:
-        t, top = k + 1, self.peak * self.total
+        t, top = k + 1, self.warmup
         if t <= top:
             return t / top
         return max(0.0, (self.total - t) / (self.total - top))
@@ -156,8 +208,6 @@ def _step_generator(seed: int, step: int, rank: int) -> torch.Generator:
 def _subset(dataset: Dataset, n: Optional[int]) -> Dataset:
     if n is None or n >= len(dataset):
         return dataset
-    if n < 1:
-        raise ValueError(f"train_subset must be >= 1, got {n}")
     if isinstance(dataset, TensorImageDataset):
         return TensorImageDataset(dataset.images[:n], dataset.labels[:n])
     return Subset(dataset, range(n))
@@ -191,24 +241,71 @@ def _epoch_record(history: list, epoch: int, step: int) -> dict:
 
 
 # Fields a resumed run may change without changing the result.
-_RESUME_FREE = {"progress", "resume", "out_dir", "data_dir", "device", "ckpt_every"}
+_RESUME_FREE = {"progress", "resume", "overwrite", "out_dir", "data_dir", "device", "ckpt_every", "log_every"}
 
 
 def _check_same_run(saved: dict, current: dict, path: str) -> None:
     diff = {k: (saved[k], current.get(k)) for k in saved if k not in _RESUME_FREE and saved[k] != current.get(k)}
-    if diff:
-        listed = ", ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in sorted(diff.items()))
-        raise ValueError(f"cannot resume from {path}: the run's settings differ ({listed})")
+    if not diff:
+        return
+    listed = ", ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in sorted(diff.items()))
+    if set(diff) <= {"epochs", "max_steps"}:
+        run = os.path.dirname(path)
+        raise ValueError(f"cannot resume {run} with a different length ({listed}): its LR schedule spans the steps it was "
+                         f"started with. To train on from its weights, start a new run with --init-from {run} --out NEW_DIR "
+                         "(fresh optimizer and schedule), or retrain it with --overwrite")
+    raise ValueError(f"cannot resume from {path}: the run's settings differ ({listed}); resume with the same settings, "
+                     "or start over with --overwrite")
 
 
-def _distributed():
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("JAFR_DIST_BACKEND", "") != "gloo" else "gloo"
-        dist.init_process_group(backend)
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+def check_run_dir(run_dir: str, resume: bool = False, overwrite: bool = False) -> None:
+    """Refuse (``ValueError``) an ``out_dir`` that is a file, or a non-empty folder without ``resume`` or
+    ``overwrite`` (and, with ``overwrite``, one that holds no run). Reads only; nothing is created."""
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise ValueError(f"--out {run_dir} is a file, not a folder; choose a folder for the run")
+    entries = os.listdir(run_dir) if os.path.isdir(run_dir) else []
+    if not entries or resume:
+        return
+    if not overwrite:
+        raise ValueError(f"--out {run_dir} is not empty; continue that run with --resume, replace it with --overwrite, "
+                         "or choose another --out")
+    if not any(name in entries for name in RUN_FILES):
+        raise ValueError(f"--out {run_dir} holds files but no run (config.json, metrics.jsonl, last.pt); "
+                         "--overwrite only replaces runs: choose another --out")
+
+
+def _clear_run(run_dir: str) -> None:
+    for name in os.listdir(run_dir):
+        if name in RUN_FILES or name.startswith((".last.pt.tmp", ".metrics.jsonl.tmp", "prev.pt.tmp")):
+            os.remove(os.path.join(run_dir, name))
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+def _init_weights(model: nn.Module, source: str) -> None:
+    """Load model weights from a run folder's newest checkpoint or from a checkpoint file."""
+    if os.path.isdir(source):
+        found = ckpt.load_latest(source)
+        if found is None:
+            raise ckpt.CheckpointError(f"init_from: no checkpoint (last.pt / prev.pt) in {source}")
+        state = found[0]
+    else:
+        state = ckpt.load_checkpoint(source)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ValueError(f"init_from: {source} does not hold weights for this model ({first})") from None
+
+
+def _to_device(t: torch.Tensor, device: torch.device, dtype=None) -> torch.Tensor:
+    """Host batch -> device without a blocking copy (pinned memory, non_blocking) on GPUs."""
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device=device, dtype=dtype, non_blocking=device.type == "cuda")
 
 
 def _objective(cfg: TrainConfig, model, raw_model, x, y, gen, autocast_dtype):
@@ -239,25 +336,29 @@ def _objective(cfg: TrainConfig, model, raw_model, x, y, gen, autocast_dtype):
 def train_model(cfg: TrainConfig, model: Optional[nn.Module] = None, train_set: Optional[Dataset] = None) -> TrainResult:
     """Train one model as configured; returns a :class:`TrainResult` (model in eval mode).
 
+    Everything is checked (settings, run folder, data) before the run folder is created or written.
+
     Args:
         cfg: the run's :class:`TrainConfig` (``cfg.resume`` continues from ``out_dir``'s newest valid checkpoint).
         model: optional module to train instead of ``build_model(cfg.model)`` (its initial weights are used).
         train_set: optional dataset of (x (C, H, W) in [0, 1], y) instead of ``load_dataset(cfg.dataset)``.
 
     Raises:
-        NonFiniteLossError: the loss became NaN/Inf (the last good checkpoint is kept).
+        ValueError: a bad setting, or an ``out_dir`` that is a file or holds another run (see ``resume``/``overwrite``).
+        NonFiniteLossError: training diverged (nothing after the last good checkpoint is saved).
         DatasetError / CheckpointError: missing data, or no valid checkpoint to resume from.
     """
     from tqdm.auto import tqdm
 
     cfg = cfg.resolved()
-    rank, world = _distributed()
+    _, local_rank, world_size = world_from_env()
+    device = choose_device(cfg.device, local_rank=local_rank, world_size=world_size)
+    rank, world = init_distributed(device)
     info = dataset_info(cfg.dataset)
-    device = torch.device(cfg.device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     autocast_dtype = torch.bfloat16 if cfg.bf16 else None
+    run_dir = cfg.out_dir
+    check_run_dir(run_dir, cfg.resume, cfg.overwrite)
 
     dataset = _subset(train_set if train_set is not None else load_dataset(cfg.dataset, True, cfg.data_dir), cfg.train_subset)
     if cfg.batch_size % world:
@@ -273,6 +374,8 @@ def train_model(cfg: TrainConfig, model: Optional[nn.Module] = None, train_set: 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             model = build_model(cfg.model, info.channels, info.num_classes)
+    if cfg.init_from is not None:
+        _init_weights(model, cfg.init_from)
     model = model.to(device=device, dtype=dtype).train()
     if cfg.sync_bn and world > 1:
         # SyncBatchNorm (GPU only) has no double backward: JaFR must use finite differences with it.
@@ -285,15 +388,18 @@ def train_model(cfg: TrainConfig, model: Optional[nn.Module] = None, train_set: 
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     optimizer = torch.optim.SGD(raw_model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    factor = TriangularLR(total) if cfg.lr_schedule == "cyclic" else _ConstantLR()
+    factor = TriangularLR(total, warmup_min=cfg.warmup_min) if cfg.lr_schedule == "cyclic" else _ConstantLR()
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
-    run_dir = cfg.out_dir
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
+    _barrier(world)  # every process has checked the folder before rank 0 changes it
     if rank == 0:
+        if cfg.overwrite and os.path.isdir(run_dir):
+            _clear_run(run_dir)
         os.makedirs(run_dir, exist_ok=True)
+    _barrier(world)
     step, history = 0, []
-    state = ckpt.load_latest(run_dir) if cfg.resume and os.path.isdir(run_dir) else None
+    state = ckpt.load_latest(run_dir) if cfg.resume else None
     if state is not None:
         state, path = state
         _check_same_run(state.get("config", {}), dataclasses.asdict(cfg), path)
@@ -312,9 +418,17 @@ def train_model(cfg: TrainConfig, model: Optional[nn.Module] = None, train_set: 
         history = _read_history(metrics_path, step) if step > 0 else []
         _write_history(metrics_path, history)
         with open(os.path.join(run_dir, "config.json"), "w") as f:
-            json.dump(dataclasses.asdict(cfg) | {"world_size": world, "total_steps": total, "steps_per_epoch": steps_per_epoch}, f, indent=2)
+            json.dump(dataclasses.asdict(cfg) | {"world_size": world, "total_steps": total, "steps_per_epoch": steps_per_epoch,
+                                                 "device_used": str(device)}, f, indent=2)
+    saved_step = step if state is not None else None
 
     def save():
+        nonlocal saved_step
+        weights = [t for t in raw_model.state_dict().values() if t.is_floating_point()]
+        if not bool(torch.stack([torch.isfinite(t).all() for t in weights]).all()):  # one host read per checkpoint
+            raise NonFiniteLossError(_divergence_message(cfg, step, (step - 1) // steps_per_epoch, "the weights became non-finite",
+                                                         run_dir, saved_step))
+        saved_step = step
         if rank != 0:
             return
         rng = {"torch": torch.get_rng_state()}
@@ -326,66 +440,105 @@ def train_model(cfg: TrainConfig, model: Optional[nn.Module] = None, train_set: 
                               "data_order": {"sampler_seed": cfg.seed, "epoch": step // steps_per_epoch,
                                              "batches_done_in_epoch": step % steps_per_epoch, "world_size": world}, "config": dataclasses.asdict(cfg)}, run_dir)
 
-    bar = tqdm(total=total, initial=step, desc=f"train {cfg.method}", disable=not cfg.progress or rank != 0, dynamic_ncols=True)
-    order, order_epoch = None, -1
-    with open(metrics_path, "a") if rank == 0 else open(os.devnull, "w") as log:
-        while step < total:
-            epoch, k = divmod(step, steps_per_epoch)
-            if epoch != order_epoch:
-                sampler.set_epoch(epoch)
-                order, order_epoch = torch.tensor(list(iter(sampler)), dtype=torch.long), epoch
-            x, y = get_batch(dataset, order[k * local_batch:(k + 1) * local_batch])
-            gen = _step_generator(cfg.seed, step, rank)
-            if cfg.augment:
-                x = augment(x, info, gen)
-            x, y = x.to(device=device, dtype=dtype), y.to(device)
-            t0 = time.perf_counter()
-            out = _objective(cfg, model, raw_model, x, y, gen, autocast_dtype)
-            stats = torch.tensor([out.loss.detach().item(), out.ce.item(),
-                                  math.nan if out.penalty is None else out.penalty.item(),
-                                  math.nan if out.lf_ratio is None else out.lf_ratio.item(),
-                                  (out.logits.argmax(1) == y).double().mean().item()], dtype=torch.float64)
-            if world > 1:
-                dist.all_reduce(stats)
-                stats /= world
-            if not math.isfinite(stats[0]):
-                bar.close()
-                last = os.path.join(run_dir, ckpt.LAST)
-                where = f"last good checkpoint: {last}" if os.path.exists(last) else "no checkpoint was written yet"
-                raise NonFiniteLossError(f"non-finite loss ({stats[0].item()}) at step {step} (epoch {epoch}, batch {k}); "
-                                         f"training stopped before the update; {where}")
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.zero_grad(set_to_none=True)
-            try:
-                out.loss.backward()
-            except RuntimeError as exc:
-                if "differentiate twice" in str(exc) or "double backward" in str(exc).lower():
-                    raise DoubleBackwardError(f"the model has an op without a double backward ({exc}); method {cfg.method!r} "
-                                              "needs one with jacobian_mode='double_backward': use "
-                                              "jacobian_mode='finite_difference' (--jacobian-mode finite_difference)") from exc
-                raise
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            rec = {"type": "step", "step": step, "epoch": epoch, "lr": lr, "loss": stats[0].item(), "ce": stats[1].item(),
-                   "penalty": None if math.isnan(stats[2]) else stats[2].item(),
-                   "lf_ratio": None if math.isnan(stats[3]) else stats[3].item(), "acc": stats[4].item(),
-                   "time_s": time.perf_counter() - t0}
+    # Metrics of the steps since the last logging step: (loss, CE, penalty, J ratio, accuracy) as one float64
+    # device tensor per step (NaN where a method has no penalty or ratio), with host-side (epoch, lr, has_penalty,
+    # has_ratio). ``flush`` reads them all back at once.
+    pending: list = []
+    window_start = time.perf_counter()
+
+    def flush(log):
+        nonlocal pending, window_start
+        if not pending:
+            return
+        rows = torch.stack([p[0] for p in pending])
+        if world > 1:
+            dist.all_reduce(rows)
+            rows /= world
+        rows = rows.tolist()  # the one host read of the window
+        seconds = (time.perf_counter() - window_start) / len(rows)
+        first = step - len(rows) + 1
+        for i, ((loss, ce, pen, lf, acc), (epoch, lr, has_pen, has_lf)) in enumerate(zip(rows, (p[1:] for p in pending))):
+            if not (math.isfinite(loss) and math.isfinite(ce) and (math.isfinite(pen) or not has_pen)):
+                log.flush()
+                pending = []
+                values = f"loss {loss:.4g}, CE {ce:.4g}" + (f", penalty {pen:.4g}" if has_pen else "")
+                raise NonFiniteLossError(_divergence_message(cfg, first + i, epoch, values, run_dir, saved_step))
+            rec = {"type": "step", "step": first + i, "epoch": epoch, "lr": lr, "loss": loss, "ce": ce,
+                   "penalty": pen if has_pen else None, "lf_ratio": lf if has_lf else None, "acc": acc, "time_s": seconds}
             history.append(rec)
             log.write(json.dumps(rec) + "\n")
-            bar.update(1)
-            bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['acc']:.2f}")
-            if step % steps_per_epoch == 0 or step == total:
-                erec = _epoch_record(history, epoch, step)
+            if rec["step"] % steps_per_epoch == 0 or rec["step"] == total:
+                erec = _epoch_record(history, epoch, rec["step"])
                 history.append(erec)
                 log.write(json.dumps(erec) + "\n")
-            log.flush()
-            if step % cfg.ckpt_every == 0 or step % steps_per_epoch == 0 or step == total:
-                save()
-    bar.close()
+        log.flush()
+        bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", acc=f"{history[-1]['acc']:.2f}")
+        pending, window_start = [], time.perf_counter()
+
+    nan = torch.tensor(math.nan, dtype=torch.float64, device=device)
+    bar = tqdm(total=total, initial=step, desc=f"train {cfg.method}", disable=not cfg.progress or rank != 0, dynamic_ncols=True)
+    order, order_epoch = None, -1
+    try:
+        with open(metrics_path, "a") if rank == 0 else open(os.devnull, "w") as log:
+            while step < total:
+                epoch, k = divmod(step, steps_per_epoch)
+                if epoch != order_epoch:
+                    sampler.set_epoch(epoch)
+                    order, order_epoch = torch.tensor(list(iter(sampler)), dtype=torch.long), epoch
+                x, y = get_batch(dataset, order[k * local_batch:(k + 1) * local_batch])
+                gen = _step_generator(cfg.seed, step, rank)
+                if cfg.augment:
+                    x = augment(x, info, gen)
+                x, y = _to_device(x, device, dtype), _to_device(y, device)
+                try:
+                    out = _objective(cfg, model, raw_model, x, y, gen, autocast_dtype)
+                except ValueError as exc:  # a penalty asked to raise on a non-finite J (nonfinite="raise")
+                    if "non-finite" not in str(exc):
+                        raise
+                    flush(log)  # an earlier bad step, if any, is the one to report
+                    raise NonFiniteLossError(_divergence_message(cfg, step + 1, epoch, "the Jacobian has NaN/Inf entries",
+                                                                 run_dir, saved_step)) from None
+                acc = (out.logits.argmax(1) == y).to(torch.float64).mean()
+                stats = torch.stack([out.loss.detach().to(torch.float64), out.ce.to(torch.float64),
+                                     nan if out.penalty is None else out.penalty.to(torch.float64),
+                                     nan if out.lf_ratio is None else out.lf_ratio.to(torch.float64), acc])
+                lr = optimizer.param_groups[0]["lr"]
+                optimizer.zero_grad(set_to_none=True)
+                try:
+                    out.loss.backward()
+                except RuntimeError as exc:
+                    if "differentiate twice" in str(exc) or "double backward" in str(exc).lower():
+                        raise DoubleBackwardError(f"the model has an op without a double backward ({exc}); method {cfg.method!r} "
+                                                  "needs one with jacobian_mode='double_backward': use "
+                                                  "jacobian_mode='finite_difference' (--jacobian-mode finite_difference)") from exc
+                    raise
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                pending.append((stats, epoch, lr, out.penalty is not None, out.lf_ratio is not None))
+                bar.update(1)
+                save_now = step % cfg.ckpt_every == 0 or step % steps_per_epoch == 0 or step == total
+                if save_now or step % cfg.log_every == 0:
+                    flush(log)  # before any checkpoint: a diverged model is never saved
+                if save_now:
+                    save()
+    finally:
+        bar.close()
     if world > 1:
         dist.barrier()
     return TrainResult(raw_model.eval(), history, run_dir, step)
+
+
+def _divergence_message(cfg: TrainConfig, step: int, epoch: int, values: str, run_dir: str, saved_step: Optional[int]) -> str:
+    """One line: where training diverged, the values, what was kept, what to change."""
+    if saved_step is None:
+        kept = "no checkpoint was written"
+    else:
+        kept = f"the last good checkpoint (step {saved_step}) is kept in {run_dir}"
+    hint = f"lower --lr (now {cfg.lr:g})"
+    if get_method(cfg.method).jafr:
+        hint += f" or --lam (now {cfg.lam:g})"
+    return f"training diverged at step {step} (epoch {epoch}): {values}; {kept}; try a {hint}"
 
 
 def load_trained_model(run_dir: str, device: str = "cpu") -> nn.Module:

@@ -32,7 +32,8 @@ def spectrum(steps: int = 100, lam: float = 0.1, seed: int = 0, fd_h: float = 0.
             "jafr_low_fd": dict(method="jafr", target="low", jacobian_mode="finite_difference", fd_h=fd_h)}
     result = {}
     for name, kw in runs.items():
-        cfg = TrainConfig(max_steps=steps, lam=lam, seed=seed, out_dir=f"{out_dir}/{name}", progress=False, ckpt_every=10**9, **kw)
+        cfg = TrainConfig(max_steps=steps, lam=lam, seed=seed, out_dir=f"{out_dir}/{name}", progress=False, ckpt_every=10**9,
+                          overwrite=True, **kw)
         res = train_model(cfg, train_set=train)
         times = [r["time_s"] for r in res.history if r["type"] == "step"][3:]
         result[name] = {"heldout_lf_ratio": jacobian_low_freq_ratio(res.model, xt, yt, 0.25),

@@ -32,20 +32,33 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet18(nn.Module):
-    """PreAct ResNet-18 as in the JaFR/GradAlign code: widths 64-128-256-512, [2, 2, 2, 2] blocks, 3x3 stem of
-    stride 1, no BN-ReLU before global average pooling, bias-free convs, He-normal init (fan-out for convs).
+    """PreAct ResNet-18 (widths 64-128-256-512, [2, 2, 2, 2] blocks, 3x3 stem of stride 1, bias-free convs,
+    shortcut on the raw block input, He-normal init with fan-out for convs, N(0, sqrt(2/fan_in)) linear).
+
+    ``head="preact"`` (the default, ``build_model("preact_resnet18")``): the standard pre-activation head,
+    BN-ReLU before global average pooling (He et al. 2016). It starts near CE = log(classes) and trains under
+    every schedule the CLI offers, short warmups included.
+
+    ``head="authors"`` (``build_model("preact_resnet18_authors")``): the JaFR/GradAlign code's head, with no
+    BN-ReLU before pooling, layer for layer the authors' model. It starts with large, sample-independent
+    logits (CE 3.5-4.5 on 10 classes) and needs the paper's long warmup (30 epochs, LR peak at epoch 12,
+    about 4,700 steps on CIFAR-10): with a warmup of a few hundred steps it diverges, with or without JaFR.
 
     Input (B, in_channels, H, W) in [0, 1]; output (B, num_classes) logits.
     """
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 10):
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, head: str = "preact"):
         super().__init__()
+        if head not in ("preact", "authors"):
+            raise ValueError(f"head must be 'preact' or 'authors', got {head!r}")
+        self.head = head
         self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
         layers, in_planes = [], 64
         for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
             layers += [PreActBlock(in_planes, planes, stride), PreActBlock(planes, planes, 1)]
             in_planes = planes
         self.layers = nn.Sequential(*layers)
+        self.bn = nn.BatchNorm2d(512) if head == "preact" else None
         self.linear = nn.Linear(512, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -60,6 +73,8 @@ class PreActResNet18(nn.Module):
 
     def forward(self, x):
         out = self.layers(self.conv1(x))
+        if self.bn is not None:
+            out = F.relu(self.bn(out))
         return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
@@ -121,15 +136,17 @@ class SmallCNN(nn.Module):
         return self.classifier(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
 
 
-MODELS = ("small_cnn", "small_cnn_nobn", "small_cnn_first_order", "preact_resnet18")
+MODELS = ("small_cnn", "small_cnn_nobn", "small_cnn_first_order", "preact_resnet18", "preact_resnet18_authors")
 
 
 def build_model(name: str = "small_cnn", in_channels: int = 1, num_classes: int = 10, **kwargs) -> nn.Module:
     """Build a model by name (float32, CPU, train mode).
 
     ``small_cnn`` (BatchNorm, ReLU), ``small_cnn_nobn`` (no normalisation: DDP tests), ``small_cnn_first_order``
-    (an activation without double backward), ``preact_resnet18`` (the paper's model). ``kwargs`` go to the
-    model class (e.g. ``width``, ``activation`` for the small CNN).
+    (an activation without double backward), ``preact_resnet18`` (the paper's architecture with the standard
+    pre-activation head; see :class:`PreActResNet18`), ``preact_resnet18_authors`` (the authors' exact head:
+    needs the paper's long warmup). ``kwargs`` go to the model class (e.g. ``width``, ``activation`` for the
+    small CNN).
     """
     if name == "small_cnn":
         return SmallCNN(in_channels, num_classes, **kwargs)
@@ -137,6 +154,8 @@ def build_model(name: str = "small_cnn", in_channels: int = 1, num_classes: int 
         return SmallCNN(in_channels, num_classes, norm="none", **kwargs)
     if name == "small_cnn_first_order":
         return SmallCNN(in_channels, num_classes, activation="first_order_relu", **kwargs)
-    if name in ("preact_resnet18", "resnet18"):
+    if name == "preact_resnet18":
         return PreActResNet18(in_channels, num_classes, **kwargs)
+    if name == "preact_resnet18_authors":
+        return PreActResNet18(in_channels, num_classes, head="authors", **kwargs)
     raise ValueError(f"model must be one of {', '.join(MODELS)}; got {name!r}")

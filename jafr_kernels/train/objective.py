@@ -99,13 +99,22 @@ def default_penalty(cutoff=0.25, target="low", formulation="ratio", backend="aut
     return functools.partial(jk.freq_penalty, cutoff=cutoff, target=target, formulation=formulation, backend=backend)
 
 
-def _lf_ratio(jac: Tensor, cutoff, penalty_value: Tensor, default_ratio: Optional[str]) -> Tensor:
-    """Batch-mean low-frequency ratio of J; free when the penalty is the default ratio penalty (1 - P or P)."""
-    if default_ratio == "low" and bool(jac.detach().flatten(1).ne(0).any(dim=1).all()):
-        return 1.0 - penalty_value.detach()
-    if default_ratio == "high":
-        return penalty_value.detach()
-    return jk.low_freq_ratio(jac.detach().float() if jac.dtype in (torch.float16, torch.bfloat16) else jac.detach(), cutoff).mean()
+def _penalty_and_ratio(jac: Tensor, penalty: Optional[Callable[[Tensor], Tensor]], cutoff, target: str,
+                       formulation: str) -> tuple[Tensor, Tensor]:
+    """The penalty P(J) and the batch-mean low-frequency ratio of J (detached), without a host read.
+
+    For the default ratio penalty both come from one per-sample penalty (``reduction="none"``): the ratio is
+    ``1 - P_b`` (low target) or ``P_b`` (high target). A sample whose J is exactly zero has no spectrum; it
+    counts as ratio 1 under the low target and 0 under the high one. Other penalties take one extra pass
+    (``jk.low_freq_ratio``) for the diagnostic.
+    """
+    if penalty is None and formulation == "ratio":
+        per_sample = jk.freq_penalty(jac, cutoff, target=target, reduction="none")
+        ratio = 1.0 - per_sample.detach() if target == "low" else per_sample.detach()
+        return per_sample.mean(), ratio.mean()
+    pen = (penalty or default_penalty(cutoff, target, formulation))(jac)
+    plain = jac.detach().float() if jac.dtype in (torch.float16, torch.bfloat16) else jac.detach()
+    return pen, jk.low_freq_ratio(plain, cutoff).mean()
 
 
 def jafr_objective(
@@ -145,21 +154,19 @@ def jafr_objective(
         raise ValueError(f"jacobian_mode must be one of {JACOBIAN_MODES}, got {jacobian_mode!r}")
     if not fd_h > 0:
         raise ValueError(f"fd_h must be > 0, got {fd_h}")
-    default_ratio = target if (penalty is None and formulation == "ratio") else None
-    penalty = penalty or default_penalty(cutoff, target, formulation)
     xc = x.detach().requires_grad_(True)
     shared = x_main is None
     if jacobian_mode == "double_backward":
         with frozen_bn_stats(model, freeze_bn and not shared):
             logits, ce_clean = _forward_ce(model, xc, y, autocast_dtype)
         (jac,) = torch.autograd.grad(ce_clean, xc, create_graph=lam != 0, retain_graph=True)
-        pen = penalty(jac)
+        pen, lf_ratio = _penalty_and_ratio(jac, penalty, cutoff, target, formulation)
         if shared:
             logits_main, ce_main = logits, ce_clean
         else:
             logits_main, ce_main = _forward_ce(model, x_main, y, autocast_dtype)
         loss = ce_main + lam * pen if lam != 0 else ce_main
-        return ObjectiveResult(loss, ce_main.detach(), logits_main.detach(), pen.detach(), _lf_ratio(jac, cutoff, pen, default_ratio), jac.detach())
+        return ObjectiveResult(loss, ce_main.detach(), logits_main.detach(), pen.detach(), lf_ratio, jac.detach())
 
     # finite differences: one backward gives J and g_clean; then a forward/backward at x + h v
     params = [p for p in model.parameters() if p.requires_grad]
@@ -169,12 +176,12 @@ def jafr_objective(
     jac, g_clean = grads[0].detach(), grads[1:]
     jac_leaf = jac.clone().requires_grad_(True)
     with torch.enable_grad():
-        pen = penalty(jac_leaf)
+        pen, lf_ratio = _penalty_and_ratio(jac_leaf, penalty, cutoff, target, formulation)
     (v,) = torch.autograd.grad(pen, jac_leaf)
     norms = torch.stack([x.detach().pow(2).sum(), v.pow(2).sum()]).to(torch.float64)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(norms)  # one h for all processes: DDP then reproduces the single-process step exactly
-    x_norm, v_norm = norms.sqrt().tolist()
+    x_norm, v_norm = norms.sqrt().unbind()
     if shared:
         logits_main, ce_main = logits, ce_clean
         main_term = sum((p * g).sum() for p, g in zip(params, g_clean) if g is not None)
@@ -182,11 +189,13 @@ def jafr_objective(
         logits_main, ce_main = _forward_ce(model, x_main, y, autocast_dtype)
         main_term = ce_main
     extra = {}
-    if lam != 0 and v_norm > 0:
-        h = fd_h * x_norm / v_norm
-        c = lam / h
+    if lam != 0:
+        # h and lam / h stay on the device (no host read); where v = 0 the correction gets weight 0
+        moves = v_norm > 0
+        h = torch.where(moves, fd_h * x_norm / v_norm, 0.0)
+        c = torch.where(moves, lam / h, 0.0).to(ce_clean.dtype)
         with frozen_bn_stats(model, freeze_bn):
-            _, ce_pert = _forward_ce(model, x.detach() + h * v.to(x.dtype), y, autocast_dtype)
+            _, ce_pert = _forward_ce(model, x.detach() + h.to(x.dtype) * v.to(x.dtype), y, autocast_dtype)
         clean_lin = sum((p * g).sum() for p, g in zip(params, g_clean) if g is not None)
         surrogate = main_term + c * (ce_pert - clean_lin)
         extra["fd_h"] = h
@@ -194,7 +203,7 @@ def jafr_objective(
         surrogate = main_term
     value = (ce_main + lam * pen).detach()
     loss = value + (surrogate - surrogate.detach())
-    return ObjectiveResult(loss, ce_main.detach(), logits_main.detach(), pen.detach(), _lf_ratio(jac, cutoff, pen, default_ratio), jac, extra)
+    return ObjectiveResult(loss, ce_main.detach(), logits_main.detach(), pen.detach(), lf_ratio, jac, extra)
 
 
 def gradalign_objective(
