@@ -245,6 +245,8 @@ def test_cifar_c_reader_errors(tmp_path):
 
 
 def test_folder_c_reader(tmp_path):
+    """Tiny-ImageNet-C layout: images come in file-name order (that of the validation set, whose file names
+    each severity folder keeps), labels index the sorted class folders."""
     from PIL import Image
 
     for sev in (1, 2):
@@ -253,10 +255,12 @@ def test_folder_c_reader(tmp_path):
             d.mkdir(parents=True)
             for i in range(2):
                 img = np.full((8, 8, 3), 40 * sev + 10 * i + k, dtype=np.uint8)
-                Image.fromarray(img).save(d / f"img{i}.png")
+                Image.fromarray(img).save(d / f"val_{2 * i + k}.png")  # n02: val_0, val_2; n01: val_1, val_3
     ds = open_published("tinyimagenet", str(tmp_path))
     assert isinstance(ds, FolderC) and ds.names == ["fog"]
     x, y = ds.load("fog", 2)
     assert x.shape == (4, 3, 8, 8)
-    assert y.tolist() == [0, 0, 1, 1]  # sorted class folders: n01 -> 0, n02 -> 1
-    assert (x[:, 0, 0, 0] * 255).round().tolist() == [81.0, 91.0, 80.0, 90.0]
+    assert y.tolist() == [1, 0, 1, 0]  # val_0..val_3; sorted class folders: n01 -> 0, n02 -> 1
+    assert (x[:, 0, 0, 0] * 255).round().tolist() == [80.0, 81.0, 90.0, 91.0]
+    x2, y2 = ds.load("fog", 2, [3, 0])
+    assert y2.tolist() == [0, 1] and (x2[:, 0, 0, 0] * 255).round().tolist() == [91.0, 80.0]
