@@ -71,7 +71,7 @@ CASES = [
     ("train-extend-finished-run", None, ["train", "--method", "standard", "--epochs", "2", "--max-steps", "4", "--batch-size", "32",
                                          "--train-subset", "128", "--out", "{run}", "--resume"], ["--init-from", "--overwrite"]),
     ("train-init-from-missing", None, TRAIN + ["--init-from", "{tmp}/nothing", "--out", "{tmp}/r"], ["init_from", "does not exist"]),
-    ("study-method-typo", None, STUDY + ["--methods", "standard", "JaFR"], ["unknown method 'JaFR'"]),
+    ("study-method-typo", None, STUDY + ["--methods", "standard", "JaFR"], ["must be one of", "'JaFR'"]),
     ("study-bad-target", None, STUDY + ["--methods", "jafr:middle"], ["'low' or 'high'"]),
     ("study-target-on-fgsm", None, STUDY + ["--methods", "fgsm:high"], ["only JaFR methods take a target"]),
     ("study-report-only-missing", None, ["study", "--out-root", "{tmp}/studies", "--name", "nope", "--report-only"],

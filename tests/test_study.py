@@ -25,8 +25,9 @@ def test_budget_follows_the_device(monkeypatch):
     assert cfg.train.epochs == BUDGETS["cpu"].epochs and cfg.train.model == "small_cnn"
     assert cfg.budget_origin == "CPU default"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     gpu = StudyConfig().resolved()  # device "auto"
-    assert gpu.train.device == "cuda" and gpu.budget == BUDGETS["cuda"]
+    assert gpu.train.device == "cuda:0" and gpu.budget == BUDGETS["cuda"]
     assert gpu.budget.eval_subset is None and gpu.budget.epochs > BUDGETS["cpu"].epochs
     given = StudyConfig(train=TrainConfig(model=None, device="cpu", seed=4), seeds=2, epochs=2, eval_subset="all").resolved()
     assert given.seed_list == (4, 5) and given.train.epochs == 2 and given.budget.eval_subset is None

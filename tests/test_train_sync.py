@@ -4,9 +4,8 @@ A ``TorchDispatchMode`` records every aten op of a JaFR (double backward) run an
 (``aten._local_scalar_dense``, which ``.item()``, ``float()``, ``bool()`` and ``int()`` of a tensor go through,
 plus ``aten.item`` / ``aten.is_nonzero`` / ``aten.equal``); ``Tensor.tolist``, ``.numpy`` and ``.cpu``, which on
 CPU tensors read memory without dispatching, are wrapped to be counted too. Steps are told apart by the loop's
-per-step generator seed. ``jk.freq_penalty`` is replaced by the package's pure-torch reference penalty, so
-the test measures the loop's own reads; the variant with the real penalty needs the sync-free default path of
-``api.freq_penalty`` (issue 10) and is marked as an expected failure until it lands.
+per-step generator seed. ``jk.freq_penalty`` is first replaced by the package's pure-torch reference penalty,
+so the test measures the loop's own reads, then left as it is (the fused op of the default path).
 """
 import pytest
 import torch
@@ -81,11 +80,12 @@ def test_no_host_read_between_logging_steps(tmp_path, monkeypatch, method, mode)
     assert {step for step, _ in rec.reads if step is not None} >= {3, 7}
 
 
-@pytest.mark.xfail(strict=True, reason="needs the sync-free default path of jk.freq_penalty (issue 10): today it "
-                   "checks J for NaN/Inf with bool(...) on every call")
-def test_no_host_read_between_logging_steps_with_the_real_penalty(tmp_path, monkeypatch):
-    rec = _run(tmp_path, monkeypatch)
+@pytest.mark.parametrize("mode", ["double_backward", "finite_difference"])
+def test_no_host_read_between_logging_steps_with_the_real_penalty(tmp_path, monkeypatch, mode):
+    """The same with the library's own default penalty (the fused op, no host read on its default path)."""
+    rec = _run(tmp_path, monkeypatch, jacobian_mode=mode)
     assert [r for r in rec.reads if r[0] in {4, 5, 6}] == []
+    assert len([op for step, op in rec.ops if step in {4, 5, 6}]) > 100
 
 
 def test_the_recorder_sees_the_reads_a_step_would_make(tmp_path, monkeypatch):

@@ -71,10 +71,10 @@ FULL = dict(epochs=30, eval_subset=None, adv_subset=None, heat_map_images=1000, 
 
 
 def resolve_device(device: str) -> str:
-    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; anything else unchanged."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
+    """The device a study runs on: ``"auto"`` is the GPU when one is visible, else the CPU (``train.device``)."""
+    from jafr_kernels.train.device import choose_device
+
+    return str(choose_device(str(device)))
 
 
 @dataclass
