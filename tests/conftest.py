@@ -138,3 +138,16 @@ def record_ops(monkeypatch):
             active[0] = False
 
     return make
+
+
+class NaNAfter(torch.nn.Module):
+    """Wraps a model; its output becomes NaN from the ``n``-th forward on (to force a divergence)."""
+
+    def __init__(self, inner, n):
+        super().__init__()
+        self.inner, self.n, self.calls = inner, n, 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.inner(x)
+        return out * float("nan") if self.calls >= self.n else out

@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import torch
-from torch import nn
 
 import published_layouts as layouts
+from conftest import NaNAfter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,17 +38,6 @@ def test_cifar10_study_on_published_layout_files(tmp_path):
         assert torch.load(str(run / "last.pt"), weights_only=False)["step"] == 3
 
 
-class _NaNAfter(nn.Module):
-    def __init__(self, inner, n):
-        super().__init__()
-        self.inner, self.n, self.calls = inner, n, 0
-
-    def forward(self, x):
-        self.calls += 1
-        out = self.inner(x)
-        return out * float("nan") if self.calls >= self.n else out
-
-
 def test_a_diverged_method_is_reported_failed_and_the_others_go_on(tmp_path, monkeypatch):
     from jafr_kernels.eval.study import StudyConfig, run_study
     from jafr_kernels.train import TrainConfig, loop
@@ -59,7 +48,7 @@ def test_a_diverged_method_is_reported_failed_and_the_others_go_on(tmp_path, mon
     def build_model(name, *a, **k):  # the second method's model (jafr:low) outputs NaN from its 2nd forward on
         built.append(name)
         model = build(name, *a, **k)
-        return _NaNAfter(model, 2) if len(built) == 2 else model
+        return NaNAfter(model, 2) if len(built) == 2 else model
 
     monkeypatch.setattr(loop, "build_model", build_model)
     cfg = StudyConfig(name="s", train=TrainConfig(model=None, device="cpu", max_steps=3, train_subset=512),

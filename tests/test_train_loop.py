@@ -23,6 +23,8 @@ from jafr_kernels.train import (
 )
 from jafr_kernels.train.loop import TriangularLR
 
+from conftest import NaNAfter
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -86,22 +88,9 @@ def test_jafr_moves_the_jacobian_spectrum_the_requested_way(tmp_path, fmnist, he
     assert ratios["low_fd"] > ratios["standard"] + 0.05, ratios
 
 
-class _NaNAfter(nn.Module):
-    """Wraps a model; its output becomes NaN from the ``n``-th forward on."""
-
-    def __init__(self, inner, n):
-        super().__init__()
-        self.inner, self.n, self.calls = inner, n, 0
-
-    def forward(self, x):
-        self.calls += 1
-        out = self.inner(x)
-        return out * float("nan") if self.calls >= self.n else out
-
-
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, fmnist):
     torch.manual_seed(0)
-    model = _NaNAfter(build_model("small_cnn", 1, 10), n=4)  # method standard: one forward per step
+    model = NaNAfter(build_model("small_cnn", 1, 10), n=4)  # method standard: one forward per step
     cfg = TrainConfig(method="standard", max_steps=10, batch_size=32, train_subset=512, out_dir=str(tmp_path),
                       progress=False, ckpt_every=1)
     with pytest.raises(NonFiniteLossError, match=r"diverged at step 4 \(epoch 0\): loss nan, CE nan; the last good "
@@ -116,7 +105,7 @@ def test_divergence_between_logging_steps_is_caught_before_the_next_checkpoint(t
     """Metrics are read every log_every steps; a NaN at step 4 is found at the step-6 checkpoint, before it is
     written, and named as step 4."""
     torch.manual_seed(0)
-    model = _NaNAfter(build_model("small_cnn", 1, 10), n=4)
+    model = NaNAfter(build_model("small_cnn", 1, 10), n=4)
     cfg = TrainConfig(method="standard", max_steps=12, batch_size=32, train_subset=512, out_dir=str(tmp_path),
                       progress=False, ckpt_every=3, log_every=100)
     with pytest.raises(NonFiniteLossError, match=r"step 4 .*checkpoint \(step 3\)"):
@@ -128,7 +117,7 @@ def test_divergence_between_logging_steps_is_caught_before_the_next_checkpoint(t
 
 def test_jafr_divergence_names_the_penalty_and_lam(tmp_path, fmnist):
     torch.manual_seed(0)
-    model = _NaNAfter(build_model("small_cnn", 1, 10), n=3)
+    model = NaNAfter(build_model("small_cnn", 1, 10), n=3)
     cfg = TrainConfig(method="jafr", max_steps=6, batch_size=32, train_subset=512, out_dir=str(tmp_path), progress=False,
                       ckpt_every=1)
     with pytest.raises(NonFiniteLossError, match=r"step 3 .*penalty nan.*--lam \(now 0.1\)|step 3 .*Jacobian"):
