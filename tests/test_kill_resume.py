@@ -100,8 +100,11 @@ def test_ctrl_c_ends_cleanly_and_keeps_the_last_checkpoint(tmp_path, reference_r
     """SIGINT (Ctrl-C) mid-run: exit code 130, one line on stderr naming --resume, no traceback, no temporary
     files; the last checkpoint verifies and the run resumes to the same weights as an uninterrupted one."""
     out = str(tmp_path / "run")
+    # A runner that starts jobs in the background (as a non-interactive shell's `&` does) ignores SIGINT, and a
+    # child inherits that; restore the default so that Python turns Ctrl-C into KeyboardInterrupt as in a terminal.
     proc = subprocess.Popen(_cmd(out), env=_env(JAFR_TEST_CKPT_SLEEP="0.05"), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while _steps_logged(out) < 3:
         assert proc.poll() is None, proc.communicate()
