@@ -38,11 +38,11 @@ def profile_breakdown(fn, device: str, iterations: int = _PROFILE_ITERATIONS) ->
         self_us = evt.self_device_time_total if use_device else evt.self_cpu_time_total
         if self_us > 0:
             per_op[evt.key] = self_us / 1e3 / iterations
-    # Inclusive time inside the backend's custom ops (jafr::*): the kernels proper, without the API's own
+    # Inclusive time inside the backend ops (jafr::*, jafr_cpp::*): the kernels proper, without the API's own
     # passes over J (scaling, Parseval norm, checks) and their autograd, which the rest of the total is.
     backend_ms = 0.0
     for evt in prof.key_averages():
-        if evt.key.startswith("jafr::"):
+        if evt.key.startswith(("jafr::", "jafr_cpp::")):
             backend_ms += (evt.device_time_total if use_device else evt.cpu_time_total) / 1e3 / iterations
     total = sum(per_op.values())
     fft = sum(v for k, v in per_op.items() if any(m in k.lower() for m in _FFT_MARKERS))
