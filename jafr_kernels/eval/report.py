@@ -189,6 +189,14 @@ def _err(iv: stats.Interval, scale: float = 1.0) -> float:
     return 0.0 if iv.half_width is None else scale * iv.half_width
 
 
+def _bounded_err(ivs: list, scale: float) -> np.ndarray:
+    """(2, n) error bars of intervals of a quantity in [0, 1] shown times ``scale``, cut at 0 and ``scale``: with
+    few seeds a t interval can reach past what the quantity can take (an accuracy above 100 %)."""
+    mean = np.asarray([scale * iv.mean for iv in ivs])
+    half = np.asarray([_err(iv, scale) for iv in ivs])
+    return np.stack([np.minimum(half, mean), np.minimum(half, scale - mean)])
+
+
 def _primary_runs(data: dict) -> dict:
     """``{label: [eval dicts of its primary arm, one per seed]}`` in study order."""
     study = data["study"]
@@ -312,7 +320,7 @@ def plot_eps(data: dict, path: str) -> None:
     for label, evs in _primary_runs(data).items():
         ivs = [stats.mean_ci([e["clean"] for e in evs])]
         ivs += [stats.mean_ci([e["adversarial"]["pgd_ce"].get(k) for e in evs]) for k in keys]
-        ax.errorbar(eps, [100 * iv.mean for iv in ivs], yerr=[_err(iv, 100) for iv in ivs], marker="o", capsize=3, label=label)
+        ax.errorbar(eps, [100 * iv.mean for iv in ivs], yerr=_bounded_err(ivs, 100), marker="o", capsize=3, label=label)
     adv = data["study"]["adversarial"]
     ax.set_xlabel("L-inf radius eps (pixel scale [0, 1])")
     ax.set_ylabel("robust accuracy (%)")
@@ -411,16 +419,16 @@ def plot_tradeoff(rows: dict, axis: str, path: str) -> None:
         for label, entry in rows.items():
             xs = entry["values"]
             ivs = [interval(a, key) for a in entry["arms"]]
-            ax.errorbar(xs, [scale * iv.mean for iv in ivs], yerr=[_err(iv, scale) for iv in ivs], marker="o", capsize=3,
+            ax.errorbar(xs, [scale * iv.mean for iv in ivs], yerr=_bounded_err(ivs, scale), marker="o", capsize=3,
                         label=label)
             base = entry["baseline"]
             if base and (base, key) not in drawn and any(entry["baseline_arms"]):
                 drawn.add((base, key))
                 bivs = [interval(a, key) for a in entry["baseline_arms"]]
                 mean = np.asarray([scale * iv.mean for iv in bivs])
-                half = np.asarray([_err(iv, scale) for iv in bivs])
+                below, above = _bounded_err(bivs, scale)
                 line = ax.plot(xs, mean, "--", color="0.35", lw=1.2, label=f"{base} (baseline)")
-                ax.fill_between(xs, mean - half, mean + half, color=line[0].get_color(), alpha=0.15)
+                ax.fill_between(xs, mean - below, mean + above, color=line[0].get_color(), alpha=0.15)
         if axis == "lam" and all(x > 0 for entry in rows.values() for x in entry["values"]):
             ax.set_xscale("log")
         ax.set_xlabel("λ" if axis == "lam" else "cutoff (normalised radius)")
@@ -431,7 +439,7 @@ def plot_tradeoff(rows: dict, axis: str, path: str) -> None:
     legend_ax.axis("off")
     legend_ax.legend(handles, labels, loc="center", fontsize=9, title="method")
     what = "λ" if axis == "lam" else "cutoff"
-    fig.suptitle(f"Trade-off against {what} (mean and 95 % CI over seeds; dashed: baseline without JaFR, band: its CI)")
+    fig.suptitle(f"Trade-off against {what} (mean and 95 % CI over seeds, cut at the range of each measure; dashed: baseline without JaFR, band: its CI)")
     _save(plt, fig, path)
 
 
