@@ -352,8 +352,8 @@ def test_real_availability_matches_mode():
 @pytest.mark.gpu
 @pytest.mark.skipif(INTERPRETED, reason="TF32 exists only on the GPU")
 def test_tf32_opt_in_error_bound_gpu(monkeypatch):
-    """JAFR_TRITON_TF32=1: relative error within the documented ~8 * 2^-11 bound."""
-    monkeypatch.setenv("JAFR_TRITON_TF32", "1")
+    """JAFR_TRITON_DOT=tf32: relative error within the documented ~8 * 2^-11 bound."""
+    monkeypatch.setenv("JAFR_TRITON_DOT", "tf32")
     x = _planes(8, 3, 32, 32)
     band = RadialBand.low(0.25)
     e_ref, _ = _reference_energy(x, band, 2, torch.ones(8, 3, device=DEVICE))

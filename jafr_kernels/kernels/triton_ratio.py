@@ -45,18 +45,18 @@ from jafr_kernels.kernels.triton_spectral import (
     _dft_matrices,
     _edge_column,
     _hermitian_weight,
-    _interpreted,
     _plane_spectrum,
     _plane_synthesis,
     _planes,
     _tl_acc,
     _weight,
+    dot_precision,
 )
+from jafr_kernels.reference import Q_MAX
 
 __all__ = ["ratio", "ratio_backward", "ratio_path", "band_rect", "MAX_RATIO_DFT_SIZE"]
 
 MAX_RATIO_DFT_SIZE = 64
-Q_NONE = 2**62  # "no upper limit" (reference.Q_MAX)
 
 
 # --------------------------------------------------------------------------- device helpers
@@ -339,8 +339,8 @@ def band_rect(h: int, w: int, q_lo: int, q_hi: int, has_weight: bool) -> tuple[i
     """
     v_all = w // 2 + 1
     if has_weight:
-        return h, h, v_all, False, 0, Q_NONE
-    band_cmp = q_hi >= Q_NONE
+        return h, h, v_all, False, 0, Q_MAX
+    band_cmp = q_hi >= Q_MAX
     mask_lo, mask_hi = (0, q_lo - 1) if band_cmp else (q_lo, q_hi)
     if mask_hi < 0:  # empty rectangle band (e.g. the all-pass band's complement): one zero-mask bin
         return 0, 1, 1, band_cmp, 0, -1
@@ -362,15 +362,6 @@ def _row_factors(h: int, ur: int, nu: int, bu: int, bh: int, device: torch.devic
     cos[:nu, :h] = torch.cos(angle)
     sin[:nu, :h] = torch.sin(angle)
     return cos.to(device=device, dtype=dtype).contiguous(), sin.to(device=device, dtype=dtype).contiguous()
-
-
-def _dot_precision(dtype: torch.dtype) -> str:
-    if dtype == torch.float64:
-        return "ieee"
-    choice = os.environ.get("JAFR_TRITON_DOT", "tf32x3")
-    if choice not in ("ieee", "tf32x3", "tf32"):
-        raise ValueError(f"JAFR_TRITON_DOT must be 'ieee', 'tf32x3' or 'tf32', got {choice!r}")
-    return choice
 
 
 def ratio_path(h: int, w: int, rect: tuple[int, int], path: str = "auto") -> str:
@@ -398,7 +389,7 @@ def dft_meta(c: int, h: int, w: int, dtype: torch.dtype, q_lo: int, q_hi: int, h
     bh, bw, bu, bv = _block(h), _block(w), _block(nu), _block(vb)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     consts = dict(C=c, H=h, W=w, BH=bh, BW=bw, BU=bu, BV=bv, UR=ur, NU=nu, VB=vb, HAS_WEIGHT=has_weight,
-                  BAND_CMP=band_cmp, ACC=_tl_acc(acc), PREC=prec or _dot_precision(acc),
+                  BAND_CMP=band_cmp, ACC=_tl_acc(acc), PREC=prec or dot_precision(acc, "tf32x3"),
                   num_warps=8 if max(bh, bw) > 32 else 4)
     return dict(consts=consts, limits=(mask_lo, mask_hi))
 
@@ -423,11 +414,10 @@ def _plan_for(x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, path: s
     _, c, h, w = x.shape
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     return _dft_plan(c, h, w, x.dtype, x.device, int(q_lo), int(q_hi), weight is not None,
-                     os.environ.get("JAFR_TRITON_PATH", path) if path == "auto" else path, _dot_precision(acc))
+                     os.environ.get("JAFR_TRITON_PATH", path) if path == "auto" else path, dot_precision(acc, "tf32x3"))
 
 
 def _spectrum(x: Tensor, acc: torch.dtype) -> Tensor:
-    h, w = x.shape[-2:]
     return torch.view_as_real(torch.fft.rfft2(x if x.dtype == acc else x.to(acc)))
 
 

@@ -26,8 +26,9 @@ fit in <= 255 registers without spills and the backward ones (8 warps) spill und
 forced 64-wide fp64 blocks stay IEEE (slow to compile: for tests, not for speed).
 
 Precision: x is upcast after the load (fp16/bf16 -> fp32; fp64 stays fp64) and everything accumulates in
-fp32 (fp64 for fp64 input). ``tl.dot`` runs in IEEE fp32 (``input_precision="ieee"``) unless the environment
-sets ``JAFR_TRITON_TF32=1``: then the fp32 products use TF32 tensor cores, whose operands keep 10 mantissa
+fp32 (fp64 for fp64 input). ``tl.dot`` runs in IEEE fp32 (``input_precision="ieee"``; 3-pass TF32 for 64-wide
+blocks) unless the environment sets ``JAFR_TRITON_DOT`` (``ieee``, ``tf32x3`` or ``tf32``, for every Triton
+kernel of the package). With ``tf32`` the fp32 products use TF32 tensor cores, whose operands keep 10 mantissa
 bits (unit roundoff u = 2^-11 ~ 4.9e-4). Each spectral coefficient goes through two chained products, each
 operand rounded once, so |dX_uv| <~ 4u * sum|x| (~2e-3 times the largest possible coefficient); energies
 (p = 2) then carry relative errors up to about 8u ~ 4e-3, typically ~1e-3, instead of ~1e-6 in IEEE mode.
@@ -449,13 +450,15 @@ def _tl_acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _dot_precision(dtype: torch.dtype, block: int) -> str:
-    """``tl.dot`` input precision: IEEE, TF32 on request (``JAFR_TRITON_TF32=1``), 3xTF32 for 64-wide fp32 blocks."""
+def dot_precision(dtype: torch.dtype, default: str) -> str:
+    """``tl.dot`` input precision for products in ``dtype``: always IEEE for fp64; for fp32 the environment's
+    ``JAFR_TRITON_DOT`` (``ieee``, ``tf32x3`` or ``tf32``) if set, else the kernel's ``default``."""
     if dtype == torch.float64:
         return "ieee"
-    if os.environ.get("JAFR_TRITON_TF32", "0") == "1":
-        return "tf32"
-    return "tf32x3" if block > AUTO_DFT_SIZE else "ieee"
+    choice = os.environ.get("JAFR_TRITON_DOT") or default
+    if choice not in ("ieee", "tf32x3", "tf32"):
+        raise ValueError(f"JAFR_TRITON_DOT must be 'ieee', 'tf32x3' or 'tf32', got {choice!r}")
+    return choice
 
 
 def _block(n: int) -> int:
@@ -484,7 +487,7 @@ def _dft_setup(h: int, w: int, device: torch.device, dtype: torch.dtype):
     bh, bw, bv = _block(h), _block(w), _block(w // 2 + 1)
     ch, sh = _dft_matrices(h, h, bh, bh, device, dtype)
     cw, sw = _dft_matrices(w, w // 2 + 1, bw, bv, device, dtype)
-    return (ch, sh, cw, sw), dict(H=h, W=w, BH=bh, BW=bw, BV=bv, PREC=_dot_precision(dtype, max(bh, bw)))
+    return (ch, sh, cw, sw), dict(H=h, W=w, BH=bh, BW=bw, BV=bv, PREC=dot_precision(dtype, "tf32x3" if max(bh, bw) > AUTO_DFT_SIZE else "ieee"))
 
 
 def plane_path(h: int, w: int, path: str = "auto") -> str:
