@@ -13,6 +13,7 @@ Examples::
     python -m benchmarks --gpu           # CUDA suite: all shapes, fp32 and bf16, Triton targets
     python -m benchmarks --gpu --quick   # the headline freq_penalty cases only (minutes), GPU targets
     python -m benchmarks --gpu --quick --dry-run   # list the cases, run nothing (works without a GPU)
+    python -m benchmarks --gpu --quick --time-limit 150   # cases that would start later are skipped
     python -m benchmarks --only training -k resnet
 """
 from __future__ import annotations
@@ -42,6 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=report.RESULTS_DIR, help="folder for the result files")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-readme", action="store_true", help="do not regenerate benchmarks/README.md")
+    parser.add_argument("--time-limit", type=float, default=0.0, metavar="SECONDS",
+                        help="skip the cases that would start after this many seconds; the results of the "
+                        "cases run are still written (for short GPU leases; 0: no limit)")
     parser.add_argument("--verbose", action="store_true", help="one line per case instead of dots")
     return parser.parse_args(argv)
 
@@ -72,6 +76,8 @@ def pytest_args(args, json_path: Path) -> list[str]:
         out.append(f"--jafr-threads={args.threads}")
     if args.keyword:
         out += ["-k", args.keyword]
+    if args.time_limit > 0:
+        out.append(f"--jafr-deadline={time.time() + args.time_limit}")
     return out
 
 
@@ -117,6 +123,9 @@ def main(argv=None) -> int:
     results["meta"]["partial"] = bool(args.keyword or args.only)  # a subset never becomes the README's table
     results["meta"]["quick"] = bool(args.quick)
     results["meta"]["pytest_exit_code"] = int(code)
+    results["meta"]["time_limit_s"] = args.time_limit or None
+    planned = len(dry_run_cases(args, suite)) if args.quick else None
+    results["meta"]["cases_planned"] = planned
     path = report.write_results(results, args.out)
     print()
     print(report.markdown(results))

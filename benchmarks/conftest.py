@@ -5,6 +5,8 @@ JSON); ``pytest benchmarks -o python_files='bench_*.py' --jafr-smoke`` works too
 """
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -16,6 +18,8 @@ def pytest_addoption(parser):
     group.addoption("--jafr-smoke", action="store_true", help="tiny shapes and one round per case (CI)")
     group.addoption("--jafr-gpu", action="store_true", help="run on CUDA: no pruning, fp32 and bf16")
     group.addoption("--jafr-threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
+    group.addoption("--jafr-deadline", type=float, default=0.0,
+                    help="time.time() after which the remaining cases are skipped (0: no limit)")
 
 
 def _suite(config) -> configs.Suite:
@@ -41,6 +45,15 @@ def pytest_generate_tests(metafunc):
         if name in metafunc.fixturenames:
             cases = grid(suite)
             metafunc.parametrize(name, cases, ids=[c.id for c in cases])
+
+
+@pytest.fixture(autouse=True)
+def _time_limit(request):
+    """Skip the cases that would start after the run's deadline, so a time-limited run still ends normally
+    and writes the results of the cases it timed (a killed pytest writes no benchmark JSON)."""
+    deadline = request.config.getoption("--jafr-deadline")
+    if deadline and time.time() > deadline:
+        pytest.skip("the run's time limit was reached before this case")
 
 
 @pytest.fixture(scope="session")

@@ -66,7 +66,7 @@ def collect_meta(suite: configs.Suite) -> dict:
         torch=torch.__version__,
         triton=triton_version,
         threads=torch.get_num_threads(),
-        git_revision=_git("rev-parse", "HEAD") or "unknown",
+        git_revision=_git("rev-parse", "HEAD") or os.environ.get("JAFR_GIT_REVISION") or "unknown",  # a copy without .git
         git_dirty=bool(_git("status", "--porcelain", "--untracked-files=no")),
         smoke=suite.smoke,
         created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -383,6 +383,10 @@ def markdown(results: dict, *, full: bool = False) -> str:
     meta = results["meta"]
     parts = [f"Machine: {meta_line(meta)}.", "", "#### Targets", "", targets_table(results), ""]
     if meta.get("quick"):
+        planned, timed = meta.get("cases_planned"), len(results["rows"])
+        if planned and timed < planned:
+            parts += [f"{planned - timed} of {planned} cases were not timed (the run's {meta.get('time_limit_s') or 0:.0f} s "
+                      "time limit, or a failure: see the run's log).", ""]
         for dtype in ("fp32", "bf16"):
             parts += [f"#### freq_penalty forward+backward, cutoff 0.25, {dtype} (quick GPU run)", "",
                       quick_table(results, dtype), ""]

@@ -124,9 +124,9 @@ def _ratio(x: Tensor, weight, band, power: int, complement: bool, backend: str) 
     """
     if power == 2 and backend != "reference":
         return ops.band_ratio(x.contiguous(), weight, *_q_limits(band, x), complement, backend)[0]
-    max_abs = x.detach().flatten(1).abs().amax(dim=1)  # NaN-propagating
-    xs = x.to(ops.accumulate_dtype(x.dtype)) / torch.where(max_abs > 0, max_abs, 1.0)[:, None, None, None].to(
-        ops.accumulate_dtype(x.dtype))
+    acc = ops.accumulate_dtype(x.dtype)
+    max_abs = x.detach().flatten(1).abs().amax(dim=1).to(acc)  # NaN-propagating
+    xs = x.to(acc) / torch.where(max_abs > 0, max_abs, 1.0)[:, None, None, None]
     e_low = _energy(xs, weight, band, power, backend).sum(dim=1)
     if power == 2:
         e_all = x.shape[-2] * x.shape[-1] * xs.flatten(1).square().sum(dim=1)  # Parseval: no transform needed

@@ -49,6 +49,9 @@ def test_quick_case_list():
     assert {"eager", "eager_compiled", "reference", "copy"} <= impls
     assert {c.dtype for c in cases} == {"fp32", "bf16"}
     assert not any(c.impl == "eager_compiled" and c.dtype == "bf16" for c in cases)
+    # the compiled baselines (seconds of compilation each) come last: a time limit drops them first
+    first_compiled = next(i for i, c in enumerate(cases) if c.impl == "eager_compiled")
+    assert all(c.impl == "eager_compiled" for c in cases[first_compiled:])
     for shape in configs.QUICK_SHAPES:
         for dtype in ("fp32", "bf16"):
             assert any(c.impl == "copy" and c.shape == shape and c.dtype == dtype for c in cases)
@@ -85,7 +88,16 @@ def test_quick_report_ratios_and_targets():
     sync = next(t for n, t in targets.items() if "synchronise" in n)
     assert sync["measured"] == 2.0 and "cuda 32x3x224x224" in sync["note"]
     text = report.markdown(results)
-    assert "quick GPU run" in text and "bf16" in text and "(10.0x)" in text
+    assert "quick GPU run" in text and "bf16" in text and "(10.0x)" in text and "not timed" not in text
+    results["meta"] |= {"cases_planned": len(results["rows"]) + 3, "time_limit_s": 130.0}
+    assert "3 of " in report.markdown(results) and "130 s time limit" in report.markdown(results)
+
+
+def test_time_limit_skips_the_remaining_cases(tmp_path):
+    """A limit that passes at once: every case is skipped, and the run says it timed nothing (no traceback)."""
+    proc = _bench("--smoke", "--only", "kernels", "--time-limit", "1e-6", "--out", str(tmp_path), "--no-readme")
+    assert proc.returncode == 1 and "wrote no benchmark JSON" in proc.stderr and "Traceback" not in proc.stderr
+    assert " skipped" in proc.stdout and " passed" not in proc.stdout
 
 
 def test_device_check_dry_run_commands_collect(tmp_path):
@@ -97,7 +109,7 @@ def test_device_check_dry_run_commands_collect(tmp_path):
     commands = [line[2:] for line in proc.stdout.splitlines() if line.startswith("$ ")]
     assert [c.split()[0] for c in commands] == ["env", "env", sys.executable, "env"]
     assert "setup.py" in commands[0] and "build_ext --inplace" in commands[0] and "TORCH_CUDA_ARCH_LIST=9.0" in commands[0]
-    assert "--gpu --quick" in commands[2]
+    assert "--gpu --quick" in commands[2] and "--time-limit 130" in commands[2]
     # the test steps' pytest selections collect here (the GPU tests are then skipped, not missing)
     files = [a for c in commands for a in c.split() if a.startswith("tests/")]
     assert files == ["tests/test_gpu.py", "tests/test_triton_ratio.py", "tests/test_triton.py"]
