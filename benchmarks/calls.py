@@ -135,6 +135,35 @@ def eager_penalty(h: int, w: int, cutoff: float, device) -> Callable[[torch.Tens
     return penalty
 
 
+class _EmptyRatio(torch.autograd.Function):
+    """Per-sample output and input gradient allocated but never computed: the autograd cost alone."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
+        return x.new_empty(x.shape[:1], dtype=torch.float32)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.new_empty(ctx.x_shape, dtype=ctx.x_dtype)
+
+
+def fused_kernels_call(backend: str, x: torch.Tensor, cutoff: float) -> Callable[[], object]:
+    """The backend's fused ratio forward and backward called directly: the kernels and their launch cost."""
+    from jafr_kernels import backends
+    from jafr_kernels.reference import RadialBand
+
+    kernels = backends.get(backend)
+    q_lo, q_hi = RadialBand.low(cutoff).q_limits(*x.shape[-2:])
+    grad = torch.full((x.shape[0],), 1.0 / x.shape[0], device=x.device)
+
+    def forward_backward():
+        value, stats = kernels.ratio(x, None, q_lo, q_hi, True)
+        return kernels.ratio_backward(grad, x, None, q_lo, q_hi, True, value, stats)
+
+    return forward_backward
+
+
 def build_quick_call(case: KernelCase, compiled: dict, seed: int = 0) -> Callable[[], object]:
     """One forward+backward of ``case`` with no synchronisation (the quick benchmark times many back to back)."""
     x = make_input(case.shape, case.dtype, case.device, seed)
@@ -142,7 +171,11 @@ def build_quick_call(case: KernelCase, compiled: dict, seed: int = 0) -> Callabl
         dst = torch.empty_like(x)
         return lambda: dst.copy_(x)
     h, w = case.shape[-2:]
-    if case.impl in ("eager", "eager_compiled"):
+    if case.impl.endswith("_kernels"):
+        return fused_kernels_call(case.impl[: -len("_kernels")], x, case.cutoff)
+    if case.impl == "autograd_floor":
+        fn = lambda t: _EmptyRatio.apply(t).mean()  # noqa: E731
+    elif case.impl in ("eager", "eager_compiled"):
         fn = eager_penalty(h, w, case.cutoff, case.device)
         if case.impl == "eager_compiled":
             key = (h, w, case.dtype)

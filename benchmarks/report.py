@@ -138,8 +138,12 @@ def quick_targets(rows: list[dict]) -> list[dict]:
     def note(r):
         if r is None:
             return "backend unavailable"
+        graph = r.get("graph_s_per_call")
+        device = r.get("device_s_per_call")
         return (f"{r['per_call_s'] * 1e3:.3f} ms/call, host {r['host_s_per_call'] * 1e6:.0f} us/call, "
-                f"{r['launches_per_call']:.0f} device launches/call")
+                f"{r['launches_per_call']:.0f} device launches/call"
+                + (f", device busy {device * 1e6:.0f} us/call" if device is not None else "")
+                + (f", CUDA-graph replay {graph * 1e3:.3f} ms/call" if graph is not None else ""))
 
     for impl, shape, goal in (("triton", big, 10.0), ("triton", small, 5.0), ("cuda", big, 3.0), ("cuda", small, 3.0)):
         r = _quick_row(rows, impl, shape)
@@ -180,6 +184,26 @@ def quick_table(results: dict, dtype: str) -> str:
     header = (["shape", "eager ms", "eager host us", "eager launches"] + [f"{i}: ms/call (x eager), host, launches" for i in impls]
               + ["copy floor ms", "best backend / copy floor"])
     return _table(header, lines)
+
+
+QUICK_BREAKDOWN_IMPLS = ("eager", "triton", "triton_kernels", "cuda", "cuda_kernels", "autograd_floor", "copy")
+
+
+def quick_breakdown_table(results: dict) -> str:
+    """fp32, per shape and impl: per-call time as issued back to back, host time to issue it, device busy time
+    (profiler), CUDA-graph replay time and launches: which of host or device bounds each call."""
+    rows = {(tuple(r["shape"]), r["impl"]): r for r in results["rows"] if r.get("kind") == "quick" and r["dtype"] == "fp32"}
+    lines = []
+    for shape in dict.fromkeys(shape for shape, _ in rows):
+        for impl in QUICK_BREAKDOWN_IMPLS:
+            r = rows.get((shape, impl))
+            if r is None:
+                continue
+            device, graph = r.get("device_s_per_call"), r.get("graph_s_per_call")
+            lines.append([_shape(shape), impl, _fmt(r["per_call_s"] * 1e3, ".3f"), _fmt(r["host_s_per_call"] * 1e6, ".0f"),
+                          _fmt(device and device * 1e6, ".0f"), _fmt(graph and graph * 1e3, ".3f"),
+                          _fmt(r["launches_per_call"], ".0f")])
+    return _table(["shape", "impl", "ms/call", "host us/call", "device busy us/call", "graph replay ms/call", "launches"], lines)
 
 
 def _train_times(rows: list[dict]) -> dict:
@@ -390,6 +414,10 @@ def markdown(results: dict, *, full: bool = False) -> str:
         for dtype in ("fp32", "bf16"):
             parts += [f"#### freq_penalty forward+backward, cutoff 0.25, {dtype} (quick GPU run)", "",
                       quick_table(results, dtype), ""]
+        parts += ["#### Where a call's time goes, fp32 (host to issue it, device busy time, CUDA-graph replay)", "",
+                  "`triton_kernels` / `cuda_kernels`: the backend's fused forward and backward called directly; "
+                  "`autograd_floor`: empty autograd.Function under the same mean and autograd.grad.", "",
+                  quick_breakdown_table(results), ""]
         return "\n".join(parts)
     parts += ["#### Kernels, forward+backward, cutoff 0.25, fp32 (speed-up over the eager reference)", "", kernel_table(results, mode="fwd+bwd"), ""]
     if full:

@@ -14,7 +14,7 @@
 #
 # Usage: scripts/device_check.sh. Environment: PYTHON (default python3), RESULTS_DIR (default
 # benchmarks/results), JAFR_GIT_REVISION (recorded when the copy has no .git), BUILD_TIMEOUT / TEST_TIMEOUT / TRITON_TIMEOUT / BENCH_TIMEOUT in seconds
-# (150 / 150 / 100 / 170; the benchmark stops starting cases 40 s before its limit, so it always writes
+# (150 / 150 / 100 / 170; 0 skips a step; the benchmark stops starting cases 40 s before its limit, so it always writes
 # the results of the cases it timed),
 # DRY_RUN=1 to print the commands instead of running them (works without a GPU).
 set -uo pipefail
@@ -59,6 +59,7 @@ step() {  # step <name> <seconds> <command...>: run with a time limit, log it, r
     shift 2
     echo "\$ $*" | tee -a "$log"
     if [ "$DRY_RUN" = "1" ]; then return 0; fi
+    if [ "$limit" = "0" ]; then echo "[$name: skipped (its time limit is 0)]" | tee -a "$log"; return 0; fi
     local start=$SECONDS
     timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$log"
     local rc=${PIPESTATUS[0]}

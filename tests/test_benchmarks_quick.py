@@ -59,11 +59,13 @@ def test_quick_case_list():
 
 def _fake_rows():
     """pytest-benchmark JSON for every quick case: eager 1 ms, triton 0.1 ms, cuda 0.4 ms, copy 0.04 ms per call."""
-    per_call = {"eager": 1e-3, "eager_compiled": 8e-4, "reference": 2e-3, "triton": 1e-4, "cuda": 4e-4, "copy": 4e-5}
+    per_call = {"eager": 1e-3, "eager_compiled": 8e-4, "reference": 2e-3, "triton": 1e-4, "cuda": 4e-4, "copy": 4e-5,
+                "autograd_floor": 5e-5, "triton_kernels": 6e-5, "cuda_kernels": 3e-4}
     benches = []
     for case in configs.quick_cases(configs.Suite.make(gpu=True, smoke=False)):
         info = case.as_dict() | {"kind": "quick", "calls_per_round": 20, "host_s_per_call": 5e-5,
-                                 "launches_per_call": 2.0, "host_sync": "none"}
+                                 "launches_per_call": 2.0, "host_sync": "none", "device_s_per_call": 2e-5,
+                                 "graph_s_per_call": 3e-5, "graph_note": ""}
         if case.impl == "cuda" and case.shape == (32, 3, 224, 224):
             info["host_sync"] = "called a synchronizing CUDA operation"
         t = 20 * per_call[case.impl]
@@ -89,8 +91,26 @@ def test_quick_report_ratios_and_targets():
     assert sync["measured"] == 2.0 and "cuda 32x3x224x224" in sync["note"]
     text = report.markdown(results)
     assert "quick GPU run" in text and "bf16" in text and "(10.0x)" in text and "not timed" not in text
+    assert "device busy 20 us/call, CUDA-graph replay 0.030 ms/call" in text
+    breakdown = text.split("#### Where a call's time goes")[1]
+    assert "| 4096x3x32x32 | triton_kernels | 0.060 | 50 | 20 | 0.030 | 2 |" in breakdown
     results["meta"] |= {"cases_planned": len(results["rows"]) + 3, "time_limit_s": 130.0}
     assert "3 of " in report.markdown(results) and "130 s time limit" in report.markdown(results)
+
+
+def test_breakdown_calls_compute_the_penalty_gradient():
+    """``cpu_kernels`` (the fused forward and backward called directly) gives the gradient of the API's mean
+    penalty; ``autograd_floor`` runs autograd with no kernels and returns a gradient of the input's shape."""
+    import jafr_kernels as jk
+    from benchmarks.calls import build_quick_call, make_input
+
+    case = configs.KernelCase("freq_penalty", "fwd+bwd", "cpu_kernels", (4, 3, 31, 17), 0.25, "fp32", "cpu")
+    dx = build_quick_call(case, {})()
+    x = make_input(case.shape, "fp32", "cpu").requires_grad_(True)
+    (expected,) = torch.autograd.grad(jk.freq_penalty(x, 0.25, backend="cpu"), x)
+    assert torch.allclose(dx, expected, rtol=1e-5, atol=1e-9), (dx - expected).abs().max()
+    floor = configs.KernelCase("freq_penalty", "fwd+bwd", "autograd_floor", (4, 3, 8, 8), 0.25, "fp32", "cpu")
+    assert build_quick_call(floor, {})().shape == (4, 3, 8, 8)
 
 
 def test_time_limit_skips_the_remaining_cases(tmp_path):

@@ -157,10 +157,10 @@ def _ratio_grad_scalars(grad_ptr, grad_stride, value_ptr, stats_ptr, b, COMPLEME
 
 
 # --------------------------------------------------------------------------- band-limited DFT path
-@triton.jit(do_not_specialize=["q_lo", "q_hi"])
+@triton.jit(do_not_specialize=["q_lo", "q_hi", "C"])
 def _ratio_dft_kernel(
-    x_ptr, w_ptr, value_ptr, stats_ptr, ch_ptr, sh_ptr, cw_ptr, sw_ptr, q_lo, q_hi,
-    C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr, BU: tl.constexpr,
+    x_ptr, w_ptr, value_ptr, stats_ptr, ch_ptr, sh_ptr, cw_ptr, sw_ptr, q_lo, q_hi, C,
+    H: tl.constexpr, W: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr, BU: tl.constexpr,
     BV: tl.constexpr, UR: tl.constexpr, NU: tl.constexpr, VB: tl.constexpr, HAS_WEIGHT: tl.constexpr,
     BAND_CMP: tl.constexpr, COMPLEMENT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
 ):
@@ -191,10 +191,10 @@ def _ratio_dft_kernel(
     tl.store(stats_ptr + 2 * b + 1, e_all)
 
 
-@triton.jit(do_not_specialize=["q_lo", "q_hi", "grad_stride"])
+@triton.jit(do_not_specialize=["q_lo", "q_hi", "grad_stride", "C"])
 def _ratio_bwd_dft_kernel(
-    grad_ptr, grad_stride, x_ptr, w_ptr, value_ptr, stats_ptr, dx_ptr, ch_ptr, sh_ptr, cw_ptr, sw_ptr, q_lo, q_hi,
-    C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr, BU: tl.constexpr,
+    grad_ptr, grad_stride, x_ptr, w_ptr, value_ptr, stats_ptr, dx_ptr, ch_ptr, sh_ptr, cw_ptr, sw_ptr, q_lo, q_hi, C,
+    H: tl.constexpr, W: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr, BU: tl.constexpr,
     BV: tl.constexpr, UR: tl.constexpr, NU: tl.constexpr, VB: tl.constexpr, HAS_WEIGHT: tl.constexpr,
     BAND_CMP: tl.constexpr, COMPLEMENT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
 ):
