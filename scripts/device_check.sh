@@ -9,13 +9,15 @@
 #      path, launch counts) and tests/test_triton_ratio.py on the compiled kernels (pytest-xdist when present);
 #   3. python -m benchmarks --gpu --quick: the headline freq_penalty cases, results as JSON + markdown named
 #      after the device;
-#   4. tests/test_triton.py on the compiled kernels (the energy and magnitude kernels);
+#   4. scripts/triton_launch_probe.py: host microseconds of a Triton launch, our launcher, one ATen op;
+#   5. tests/test_triton.py on the compiled kernels (the energy and magnitude kernels);
 #   and last, the quick run's targets table.
 #
 # Usage: scripts/device_check.sh. Environment: PYTHON (default python3), RESULTS_DIR (default
-# benchmarks/results), JAFR_GIT_REVISION (recorded when the copy has no .git), BUILD_TIMEOUT / TEST_TIMEOUT / TRITON_TIMEOUT / BENCH_TIMEOUT in seconds
-# (150 / 150 / 100 / 170; 0 skips a step; the benchmark stops starting cases 40 s before its limit, so it always writes
-# the results of the cases it timed),
+# benchmarks/results), JAFR_GIT_REVISION (recorded when the copy has no .git), and the steps' limits in
+# seconds, BUILD_TIMEOUT / TEST_TIMEOUT / BENCH_TIMEOUT / PROBE_TIMEOUT / TRITON_TIMEOUT (150 / 150 / 170 /
+# 60 / 100; 0 skips a step). The benchmark stops starting cases 40 s before its limit, so it always writes
+# the results of the cases it timed.
 # DRY_RUN=1 to print the commands instead of running them (works without a GPU).
 set -uo pipefail
 
@@ -26,6 +28,7 @@ BUILD_TIMEOUT="${BUILD_TIMEOUT:-150}"
 TEST_TIMEOUT="${TEST_TIMEOUT:-150}"
 BENCH_TIMEOUT="${BENCH_TIMEOUT:-170}"
 TRITON_TIMEOUT="${TRITON_TIMEOUT:-100}"
+PROBE_TIMEOUT="${PROBE_TIMEOUT:-60}"
 DRY_RUN="${DRY_RUN:-0}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
@@ -79,6 +82,7 @@ step gpu-tests "$TEST_TIMEOUT" env JAFR_TRITON_TEST_DEVICE=cuda "$PYTHON" -m pyt
     $xdist $timeout_opt tests/test_gpu.py tests/test_triton_ratio.py
 step bench "$BENCH_TIMEOUT" "$PYTHON" -m benchmarks --gpu --quick --no-readme --out "$RESULTS_DIR" \
     --time-limit "$((BENCH_TIMEOUT > 80 ? BENCH_TIMEOUT - 40 : BENCH_TIMEOUT / 2))"
+step launch-probe "$PROBE_TIMEOUT" "$PYTHON" scripts/triton_launch_probe.py
 step triton-tests "$TRITON_TIMEOUT" env JAFR_TRITON_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -rs -p no:cacheprovider \
     $xdist $timeout_opt tests/test_triton.py
 
