@@ -8,13 +8,28 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <climits>
+#include <cstdlib>
 
 #include "spectral_stages.h"
 
 namespace jafr {
 namespace {
 
-constexpr int kThreads = 256;  // a multiple of the warp size (block reductions assume it)
+constexpr int kThreads = 256;  // the most threads per block: a multiple of the warp size (block reductions assume it)
+
+// Threads per block of every launch: kThreads, or JAFR_CUDA_THREADS (a multiple of 32 in [32, kThreads]),
+// read once, for tuning on a new device (scripts/ratio_variants.py --cuda-threads times each).
+int block_threads() {
+  static const int threads = [] {
+    const char* env = std::getenv("JAFR_CUDA_THREADS");
+    if (env == nullptr || *env == '\0') return kThreads;
+    const int t = std::atoi(env);
+    TORCH_CHECK(t >= 32 && t <= kThreads && t % 32 == 0, "JAFR_CUDA_THREADS must be a multiple of 32 in [32, ",
+                kThreads, "], got '", env, "'");
+    return t;
+  }();
+  return threads;
+}
 constexpr int kScratch = 32;   // doubles of shared memory for block reductions, before the routine's work
 
 // Block-wide reduction (sum or max) of one double per thread; every thread gets the result.
@@ -104,7 +119,7 @@ __global__ void __launch_bounds__(kThreads) item_kernel(const R routine) {
 
 struct CudaExec {
   static constexpr bool kFusedByDefault = true;
-  // One launch of item_kernel: a block of kThreads threads per item, dynamic shared memory for the
+  // One launch of item_kernel: a block of block_threads() threads per item, dynamic shared memory for the
   // reduction scratch plus the routine's work buffer (opted in above the 48 KiB default when needed).
   template <typename T, class R>
   static void run(int64_t items, const R& routine, const at::Tensor& like) {
@@ -121,7 +136,7 @@ struct CudaExec {
                   " (the fused ratio serves planes up to ", kFusedMaxSide, "x", kFusedMaxSide, ")");
       C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
     }
-    kernel<<<static_cast<unsigned>(items), kThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(routine);
+    kernel<<<static_cast<unsigned>(items), block_threads(), bytes, c10::cuda::getCurrentCUDAStream()>>>(routine);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 };

@@ -384,13 +384,19 @@ def ratio_path(h: int, w: int, rect: tuple[int, int], path: str = "auto") -> str
 def dft_meta(c: int, h: int, w: int, dtype: torch.dtype, q_lo: int, q_hi: int, has_weight: bool,
              prec: Optional[str] = None) -> dict:
     """Compile-time parameters of the DFT-path kernels for C planes of H x W in ``dtype`` (also used by
-    ``scripts/triton_compile_check.py``), and the mask limits."""
+    ``scripts/triton_compile_check.py``), and the mask limits.
+
+    Warps per program: 2 up to 32 x 32, 4 above. Each program's chain of small dependent products is latency
+    bound, and fewer warps per program convert fewer layouts across warps: on an H100 the forward+backward at
+    (4096, 3, 32, 32) took 175 us with 2 warps, 307 with 4, 678 with 8, and at (256, 3, 64, 64) 76 us with 4
+    against 142 with 8 (``scripts/ratio_variants.py``; benchmarks/results/ratio-variants-*.md).
+    """
     ur, nu, vb, band_cmp, mask_lo, mask_hi = band_rect(h, w, q_lo, q_hi, has_weight)
     bh, bw, bu, bv = _block(h), _block(w), _block(nu), _block(vb)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     consts = dict(C=c, H=h, W=w, BH=bh, BW=bw, BU=bu, BV=bv, UR=ur, NU=nu, VB=vb, HAS_WEIGHT=has_weight,
                   BAND_CMP=band_cmp, ACC=_tl_acc(acc), PREC=prec or dot_precision(acc, "tf32x3"),
-                  num_warps=8 if max(bh, bw) > 32 else 4)
+                  num_warps=4 if max(bh, bw) > 32 else 2)
     return dict(consts=consts, limits=(mask_lo, mask_hi))
 
 
