@@ -10,6 +10,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 from typing import Optional
@@ -66,8 +67,10 @@ def collect_meta(suite: configs.Suite) -> dict:
         torch=torch.__version__,
         triton=triton_version,
         threads=torch.get_num_threads(),
-        git_revision=_git("rev-parse", "HEAD") or os.environ.get("JAFR_GIT_REVISION") or "unknown",  # a copy without .git
-        git_dirty=bool(_git("status", "--porcelain", "--untracked-files=no")),
+        # JAFR_GIT_REVISION names the commit a copied tree (a lent GPU machine's) was made from: its .git, if
+        # any, may be stale
+        git_revision=os.environ.get("JAFR_GIT_REVISION") or _git("rev-parse", "HEAD") or "unknown",
+        git_dirty=not os.environ.get("JAFR_GIT_REVISION") and bool(_git("status", "--porcelain", "--untracked-files=no")),
         smoke=suite.smoke,
         created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         backends={d: dict(r) for d, r in backends.availability().items()},
@@ -140,10 +143,17 @@ def quick_targets(rows: list[dict]) -> list[dict]:
             return "backend unavailable"
         graph = r.get("graph_s_per_call")
         device = r.get("device_s_per_call")
+        floor = _quick_row(rows, "autograd_floor", r["shape"])
         return (f"{r['per_call_s'] * 1e3:.3f} ms/call, host {r['host_s_per_call'] * 1e6:.0f} us/call, "
                 f"{r['launches_per_call']:.0f} device launches/call"
                 + (f", device busy {device * 1e6:.0f} us/call" if device is not None else "")
-                + (f", CUDA-graph replay {graph * 1e3:.3f} ms/call" if graph is not None else ""))
+                + (f", CUDA-graph replay {graph * 1e3:.3f} ms/call" if graph is not None else "")
+                + (f"; an empty autograd.Function costs {floor['per_call_s'] * 1e3:.3f} ms/call here" if floor else ""))
+
+    def graph_ratio(r, base):
+        """r's CUDA-graph replay time against base's, or None where either was not captured."""
+        t, b = (x and x.get("graph_s_per_call") for x in (r, base))
+        return None if not t or not b else b / t
 
     for impl, shape, goal in (("triton", big, 10.0), ("triton", small, 5.0), ("cuda", big, 3.0), ("cuda", small, 3.0)):
         r = _quick_row(rows, impl, shape)
@@ -152,6 +162,16 @@ def quick_targets(rows: list[dict]) -> list[dict]:
     r = _quick_row(rows, "triton", big)
     out.append(_target(f"triton freq_penalty fwd+bwd at {_shape(big)} fp32, multiple of the copy floor (GPU)",
                        r and r["x_copy_floor"], 3.0, "lower", "x", note(r)))
+    # The same comparisons with the host's per-op cost removed (every call replayed from a CUDA graph): what
+    # the kernels themselves give, and what torch.compile(mode="reduce-overhead") or CUDA graphs would see.
+    for shape, goal in ((big, 10.0), (small, 5.0)):
+        r = _quick_row(rows, "triton", shape)
+        out.append(_target(f"triton freq_penalty fwd+bwd at {_shape(shape)} fp32 vs eager penalty, both CUDA-graph replayed",
+                           graph_ratio(r, _quick_row(rows, "eager", shape)), goal, "higher", "x", note(r)))
+    r, copy = _quick_row(rows, "triton", big), _quick_row(rows, "copy", big)
+    inverse = graph_ratio(r, copy)
+    out.append(_target(f"triton freq_penalty fwd+bwd at {_shape(big)} fp32, multiple of the copy floor, both CUDA-graph replayed",
+                       inverse and 1.0 / inverse, 3.0, "lower", "x", note(r)))
     backend_rows = [r for r in rows if r.get("kind") == "quick" and r["impl"] in ("triton", "cuda")]
     syncing = sorted({f"{r['impl']} {_shape(r['shape'])} {r['dtype']}" for r in backend_rows if r["host_sync"] != "none"})
     out.append(_target("GPU backends: calls that synchronise with the host (set_sync_debug_mode('error'))",
@@ -398,8 +418,10 @@ def meta_line(meta: dict) -> str:
     busy = f", load average {load[0]:.1f} at start / {load[1]:.1f} at end" if load else ""
     if load and max(load) > meta["threads"] + 0.5:
         busy += " (**busy machine: other work competed for the cores, so times and ratios are unreliable**)"
+    note = f". Note: {meta['note']}" if meta.get("note") else ""
     return (f"{meta['device_name']}, {meta['threads']} torch threads, torch {meta['torch']}, triton {meta['triton']}, "
-            f"git {meta['git_revision'][:10]}{dirty}, {meta['created']}{busy}{' (smoke run)' if meta['smoke'] else ''}")
+            f"git {meta['git_revision'][:10]}{dirty}, {meta['created']}{busy}{' (smoke run)' if meta['smoke'] else ''}"
+            f"{note}")
 
 
 def markdown(results: dict, *, full: bool = False) -> str:
@@ -433,10 +455,18 @@ def markdown(results: dict, *, full: bool = False) -> str:
 
 
 # --------------------------------------------------------------------------- files
+def card_name(meta: dict) -> str:
+    """The GPU's name for file names ("NVIDIA H100 80GB HBM3" -> "H100_80GB_HBM3"); "" for CPU runs."""
+    if meta["device"] != "cuda":
+        return ""
+    return re.sub(r"[^A-Za-z0-9]+", "_", meta["device_name"].replace("NVIDIA", "")).strip("_")
+
+
 def result_stem(meta: dict) -> str:
     stamp = meta["created"].replace("-", "").replace(":", "").replace("T", "-").rstrip("Z")
     kind = "smoke-" if meta["smoke"] else ("quick-" if meta.get("quick") else "")
-    return f"{kind}{meta['device']}-{stamp}-{meta['git_revision'][:8]}"
+    card = card_name(meta)
+    return f"{kind}{meta['device']}-{card + '-' if card else ''}{stamp}-{meta['git_revision'][:8]}"
 
 
 def write_results(results: dict, out_dir: Path) -> Path:

@@ -14,7 +14,8 @@
 #   and last, the quick run's targets table.
 #
 # Usage: scripts/device_check.sh. Environment: PYTHON (default python3), RESULTS_DIR (default
-# benchmarks/results), JAFR_GIT_REVISION (recorded when the copy has no .git), and the steps' limits in
+# benchmarks/results), JAFR_GIT_REVISION (the commit a copied tree was made from;
+# recorded instead of what its .git says), and the steps' limits in
 # seconds, BUILD_TIMEOUT / TEST_TIMEOUT / BENCH_TIMEOUT / PROBE_TIMEOUT / TRITON_TIMEOUT (150 / 150 / 170 /
 # 60 / 100; 0 skips a step). The benchmark stops starting cases 40 s before its limit, so it always writes
 # the results of the cases it timed.
@@ -73,7 +74,7 @@ step() {  # step <name> <seconds> <command...>: run with a time limit, log it, r
 {
     echo "# device_check on ${device} (compute capability ${arch}) at ${stamp}"
     [ "$DRY_RUN" = "1" ] || "$PYTHON" -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
-    echo "git $(git rev-parse --short HEAD 2>/dev/null || echo "${JAFR_GIT_REVISION:-unknown}")"
+    echo "git ${JAFR_GIT_REVISION:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 } | tee "$log"
 
 step build "$BUILD_TIMEOUT" env TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="${MAX_JOBS:-8}" JAFR_FORCE_CUDA=1 \

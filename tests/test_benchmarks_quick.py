@@ -65,7 +65,7 @@ def _fake_rows():
     for case in configs.quick_cases(configs.Suite.make(gpu=True, smoke=False)):
         info = case.as_dict() | {"kind": "quick", "calls_per_round": 20, "host_s_per_call": 5e-5,
                                  "launches_per_call": 2.0, "host_sync": "none", "device_s_per_call": 2e-5,
-                                 "graph_s_per_call": 3e-5, "graph_note": ""}
+                                 "graph_s_per_call": per_call[case.impl] / 2, "graph_note": ""}
         if case.impl == "cuda" and case.shape == (32, 3, 224, 224):
             info["host_sync"] = "called a synchronizing CUDA operation"
         t = 20 * per_call[case.impl]
@@ -83,15 +83,18 @@ def test_quick_report_ratios_and_targets():
     assert row["speedup_vs_eager"] == pytest.approx(10.0)
     assert row["x_copy_floor"] == pytest.approx(2.5)
     targets = {t["target"]: t for t in results["targets"]}
-    assert len(targets) == 6
+    assert len(targets) == 9
     met = {name: t["met"] for name, t in targets.items()}
     assert met[next(n for n in met if n.startswith("triton") and "4096x3x32x32" in n and "eager" in n)] is True
     assert met[next(n for n in met if n.startswith("cuda") and "4096x3x32x32" in n)] is False  # 2.5x < 3x
+    graph = {n: t["measured"] for n, t in targets.items() if "CUDA-graph" in n}
+    assert sorted(graph.values()) == [pytest.approx(2.5), pytest.approx(10.0), pytest.approx(10.0)]
     sync = next(t for n, t in targets.items() if "synchronise" in n)
     assert sync["measured"] == 2.0 and "cuda 32x3x224x224" in sync["note"]
     text = report.markdown(results)
     assert "quick GPU run" in text and "bf16" in text and "(10.0x)" in text and "not timed" not in text
-    assert "device busy 20 us/call, CUDA-graph replay 0.030 ms/call" in text
+    assert "device busy 20 us/call, CUDA-graph replay 0.050 ms/call" in text
+    assert "an empty autograd.Function costs 0.050 ms/call here" in text
     breakdown = text.split("#### Where a call's time goes")[1]
     assert "| 4096x3x32x32 | triton_kernels | 0.060 | 50 | 20 | 0.030 | 2 |" in breakdown
     results["meta"] |= {"cases_planned": len(results["rows"]) + 3, "time_limit_s": 130.0}
