@@ -221,6 +221,19 @@ def test_band_rectangle_covers_exactly_the_band():
 
 
 # --------------------------------------------------------------------------- 5. launch budget
+def test_channel_count_is_a_runtime_argument():
+    """One compiled DFT kernel serves every channel count. With C a compile-time constant, C = 1 removed the
+    channel loop and Triton 3.6 emitted a different kernel that faulted on an H100 at 64 x 64 (illegal memory
+    access; benchmarks/README.md, "What an H100 measured"): C must stay a run-time loop bound, unspecialised."""
+    import inspect
+
+    for kernel in (tr._ratio_dft_kernel, tr._ratio_bwd_dft_kernel):
+        fn = getattr(kernel, "fn", kernel)
+        assert "constexpr" not in str(inspect.signature(fn).parameters["C"].annotation), kernel
+        unspecialised = getattr(kernel, "do_not_specialize", None) or kernel.kwargs["do_not_specialize"]  # jit / interpreter
+        assert "C" in unspecialised, kernel
+
+
 def test_launch_budget_of_a_penalty_call(record_ops):
     """freq_penalty forward+backward (ratio, power 2, radial band) on Triton: <= 2 launches, <= 4 other ops."""
     x = _planes(8, 3, 32, 32, seed=20).requires_grad_(True)
