@@ -35,6 +35,16 @@ def reference(x: torch.Tensor, band, grad: torch.Tensor):
     return value.detach(), dx
 
 
+def inputs(shape, band):
+    """A fresh random J of ``shape`` on the GPU, a per-sample cotangent, the reference value and gradient, and
+    the band's squared-radius limits."""
+    b, _, h, w = shape
+    gen = torch.Generator(device="cuda").manual_seed(sum(shape))
+    x = torch.randn(shape, generator=gen, device="cuda")
+    grad = torch.randn(b, generator=gen, device="cuda")
+    return (x, grad, *reference(x, band, grad), *band.q_limits(h, w))
+
+
 def time_us(fn) -> float:
     import triton
 
@@ -49,12 +59,7 @@ def cuda_rows(threads: int) -> int:
     kernels = backends.get("cuda")
     band = RadialBand.low(0.25)
     for shape in SHAPES:
-        b, c, h, w = shape
-        gen = torch.Generator(device="cuda").manual_seed(sum(shape))
-        x = torch.randn(shape, generator=gen, device="cuda")
-        grad = torch.randn(b, generator=gen, device="cuda")
-        value_ref, dx_ref = reference(x, band, grad)
-        q_lo, q_hi = band.q_limits(h, w)
+        x, grad, value_ref, dx_ref, q_lo, q_hi = inputs(shape, band)
         value, stats = kernels.ratio(x, None, q_lo, q_hi, True)
         dx = kernels.ratio_backward(grad, x, None, q_lo, q_hi, True, value, stats)
         errs = (rel_err(value, value_ref), rel_err(dx, dx_ref))
@@ -107,12 +112,8 @@ def triton_table(time_limit: float) -> int:
     print("| shape | precision | warps | stages | fwd us | bwd us | fwd+bwd us | value rel err | grad rel err | note |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for shape in SHAPES:
-        b, c, h, w = shape
-        gen = torch.Generator(device="cuda").manual_seed(sum(shape))
-        x = torch.randn(shape, generator=gen, device="cuda")
-        grad = torch.randn(b, generator=gen, device="cuda")
-        value_ref, dx_ref = reference(x, band, grad)
-        q_lo, q_hi = band.q_limits(h, w)
+        b, c = shape[:2]
+        x, grad, value_ref, dx_ref, q_lo, q_hi = inputs(shape, band)
         (ch, sh, cw, sw, lo, hi), current = tr._plan_for(x, None, q_lo, q_hi, "dft")
         if shape == SHAPES[0]:  # the headline: every setting (stages 1: the channel loop is not pipelined)
             variants = [(p, nw, 3) for p in ("tf32x3", "ieee", "tf32") for nw in (2, 4, 8)]
