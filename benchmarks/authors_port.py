@@ -1,6 +1,6 @@
 """Eager port of the authors' official JaFR regulariser (Chan, Ong, Tan, IJCAI 2022), for comparison.
 
-The authors' code path, written out as they compute it (see ``shared/paper.md`` section 2b), with the
+The authors' code path (github.com/alvinchangw/JaFR_IJCAI2022), written out as they compute it, with the
 legacy ``torch.rfft(J, 2)`` + ``torch.norm(., dim=-1)`` replaced by ``torch.fft.rfft2(J).abs()``:
 
 1. ``compute_fourier_map``: magnitude spectrum averaged over batch and channels, (H, W//2+1);

@@ -8,7 +8,8 @@ first-order only (the penalty never needs its own second derivative); differenti
 The fused ratio, the default path of every penalty call, has a second, lighter route for eager mode: a
 ``torch.autograd.Function`` that calls the backend directly: with empty bodies, a custom-op forward+backward
 took 108 us of host time on a 2-core CPU against 58 us through the Function, and at Jacobian sizes host time
-per call is what a GPU call costs. Compiled code always goes through the registered op. Both routes share the same forward/backward functions below.
+per call is what a GPU call costs. Compiled code always goes through the registered op. Both routes share
+the same forward/backward functions below.
 """
 from __future__ import annotations
 
