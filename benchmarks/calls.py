@@ -172,7 +172,7 @@ def build_quick_call(case: KernelCase, compiled: dict, seed: int = 0) -> Callabl
         return lambda: dst.copy_(x)
     h, w = case.shape[-2:]
     if case.impl.endswith("_kernels"):
-        return fused_kernels_call(case.impl[: -len("_kernels")], x, case.cutoff)
+        return fused_kernels_call(case.impl.removesuffix("_kernels"), x, case.cutoff)
     if case.impl == "autograd_floor":
         fn = lambda t: _EmptyRatio.apply(t).mean()  # noqa: E731
     elif case.impl in ("eager", "eager_compiled"):

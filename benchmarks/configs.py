@@ -222,7 +222,7 @@ def quick_cases(suite: Suite) -> list[KernelCase]:
     cases, compiled = [], []
     for dtype in ("fp32", "bf16"):
         for shape in QUICK_SHAPES:
-            parts = [p for p in QUICK_PARTS if p == "autograd_floor" or p[: -len("_kernels")] in backends]
+            parts = [p for p in QUICK_PARTS if p == "autograd_floor" or p.removesuffix("_kernels") in backends]
             for impl in QUICK_BASELINES + tuple(backends) + tuple(parts if dtype == "fp32" else ()) + ("copy",):
                 case = KernelCase("freq_penalty", "fwd+bwd", impl, shape, TARGET_CUTOFF, dtype, suite.device)
                 if impl != "eager_compiled":
