@@ -87,8 +87,8 @@ class KernelCase:
 
 @dataclass(frozen=True)
 class TrainCase:
-    """One timed training step: ``method`` in standard | jafr_double | jafr_fd | gradalign, or ``penalty``
-    (the penalty's forward+backward alone on the model's J)."""
+    """One timed training step: ``method`` one of :data:`TRAIN_METHODS` (``penalty``: the penalty's
+    forward+backward alone on the model's J)."""
 
     model: str
     method: str
@@ -97,10 +97,18 @@ class TrainCase:
     channels: int
     num_classes: int = 10
     device: str = "cpu"
+    bf16: bool = False
+    channels_last: bool = False
+    compile: bool = False
+
+    @property
+    def variant(self) -> str:
+        """``"fp32"``, or the options joined: ``"bf16+channels_last+compile"``."""
+        return "+".join(f for f in ("bf16", "channels_last", "compile") if getattr(self, f)) or "fp32"
 
     @property
     def id(self) -> str:
-        return f"{self.model}-{self.method}-b{self.batch}-{self.size}px"
+        return f"{self.model}-{self.method}-b{self.batch}-{self.size}px-{self.variant}"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -239,15 +247,39 @@ def profile_cases(suite: Suite) -> list[KernelCase]:
     return [KernelCase("freq_penalty", "fwd+bwd", i, shape, TARGET_CUTOFF, "fp32", suite.device) for i in impls]
 
 
-def train_cases(suite: Suite) -> list[TrainCase]:
-    methods = ("standard", "jafr_double", "jafr_fd", "gradalign", "penalty")
+# Training steps timed side by side (``benchmarks/bench_training.py`` says what each one is).
+TRAIN_METHODS = ("standard", "jafr_double", "jafr_fd", "jafr_fd_lazy", "jafr_fd_sub", "gradalign", "penalty")
+LAZY_EVERY = 4  # jafr_fd_lazy: the JaFR term every 4th step (one timed call = 4 steps, reported per step)
+SUB_FRACTION = 0.25  # jafr_fd_sub: the JaFR term on a quarter of each batch
+
+
+# GPU step options timed on PreAct ResNet-18 for the steps users choose between (fp32 has every method).
+GPU_STEP_VARIANTS = ({"bf16": True, "channels_last": True}, {"bf16": True, "channels_last": True, "compile": True})
+GPU_VARIANT_METHODS = ("standard", "jafr_fd", "jafr_fd_lazy", "jafr_fd_sub")
+
+
+def _train_models(suite: Suite) -> list[tuple[str, int, int, int]]:
+    """(model, batch, size, channels) per suite."""
     if suite.smoke:
-        models = [("small_cnn", 4, 28, 1), ("preact_resnet18", 2, 32, 3)]
-    elif suite.device == "cpu":
-        models = [("small_cnn", 32, 28, 1), ("preact_resnet18", 32, 32, 3)]
-    else:
-        models = [("small_cnn", 256, 28, 1), ("preact_resnet18", 128, 32, 3)]
-    return [TrainCase(m, meth, b, s, c, device=suite.device) for m, b, s, c in models for meth in methods]
+        return [("small_cnn", 4, 28, 1), ("preact_resnet18", 2, 32, 3)]
+    if suite.device == "cpu":
+        return [("small_cnn", 32, 28, 1), ("preact_resnet18", 32, 32, 3)]
+    return [("small_cnn", 256, 28, 1), ("preact_resnet18", 128, 32, 3)]
+
+
+def train_cases(suite: Suite) -> list[TrainCase]:
+    models = _train_models(suite)
+    cases = [TrainCase(m, meth, b, s, c, device=suite.device) for m, b, s, c in models for meth in TRAIN_METHODS]
+    if suite.device == "cuda" and not suite.smoke:
+        m, b, s, c = models[-1]
+        cases += [TrainCase(m, meth, b, s, c, device=suite.device, **v) for v in GPU_STEP_VARIANTS
+                  for meth in GPU_VARIANT_METHODS]
+    return cases
+
+
+def profile_train_cases(suite: Suite) -> list[TrainCase]:
+    """One finite-difference JaFR step per model, split by the profiler (penalty vs the rest, host vs device)."""
+    return [TrainCase(m, "jafr_fd", b, s, c, device=suite.device) for m, b, s, c in _train_models(suite)]
 
 
 def memory_cases(suite: Suite) -> list[MemoryCase]:

@@ -38,6 +38,7 @@ def pytest_generate_tests(metafunc):
         "kernel_case": configs.kernel_cases,
         "profile_case": configs.profile_cases,
         "train_case": configs.train_cases,
+        "profile_train_case": configs.profile_train_cases,
         "memory_case": configs.memory_cases,
         "quick_case": configs.quick_cases,
     }

@@ -54,8 +54,7 @@ def pgd(
     if eps < 0 or alpha < 0 or steps < 0 or restarts < 1:
         raise ValueError(f"need eps, alpha, steps >= 0 and restarts >= 1; got eps={eps}, alpha={alpha}, steps={steps}, restarts={restarts}")
     x = x.detach()
-    best = x.clone()
-    best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
+    best, best_loss = x, None
     for _ in range(restarts):
         if random_start:
             noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -69,11 +68,13 @@ def pgd(
                 objective = _attack_loss(model(x_adv), y, loss)
             (grad,) = torch.autograd.grad(objective, x_adv)
             x_adv = _project(x_adv.detach() + alpha * grad.sign(), x, eps)
-        with torch.no_grad():
+        if restarts == 1:
+            return x_adv.detach()
+        with torch.no_grad():  # keep the better restart per example: torch.where, no boolean indexing (a sync)
             ce = F.cross_entropy(model(x_adv), y, reduction="none")
-        better = ce > best_loss
-        best[better] = x_adv[better]
-        best_loss = torch.where(better, ce, best_loss)
+        better = ce > best_loss if best_loss is not None else torch.ones_like(ce, dtype=torch.bool)
+        best = torch.where(better.view(-1, *([1] * (x.dim() - 1))), x_adv, best)
+        best_loss = ce if best_loss is None else torch.where(better, ce, best_loss)
     return best.detach()
 
 

@@ -9,17 +9,22 @@
 #      path, launch counts) and tests/test_triton_ratio.py on the compiled kernels (pytest-xdist when present);
 #   3. python -m benchmarks --gpu --quick: the headline freq_penalty cases, results as JSON + markdown named
 #      after the device;
-#   4. scripts/triton_launch_probe.py: host microseconds of a Triton launch, our launcher, one ATen op;
-#   5. tests/test_triton.py on the compiled kernels (the energy and magnitude kernels);
+#   4. python -m benchmarks --gpu --only training: the training steps side by side (standard, double
+#      backward, finite differences, lazy and sub-batch finite differences; small CNN and PreAct ResNet-18;
+#      ResNet-18 also with bf16 + channels_last, and compiled), each as a ratio to the standard step of the
+#      same run, plus a profiled finite-difference step (penalty vs the rest, host vs device busy);
+#   5. scripts/triton_launch_probe.py: host microseconds of a Triton launch, our launcher, one ATen op;
+#   6. tests/test_triton.py on the compiled kernels (the energy and magnitude kernels);
 #   and last, the quick run's targets table.
 #
 # Usage: scripts/device_check.sh. Environment: PYTHON (default python3), RESULTS_DIR (default
 # benchmarks/results), JAFR_GIT_REVISION (the commit a copied tree was made from; recorded instead of what
 # its .git says), and the steps' limits in seconds, BUILD_TIMEOUT / TEST_TIMEOUT / BENCH_TIMEOUT /
-# PROBE_TIMEOUT / TRITON_TIMEOUT (90 / 90 / 110 / 30 / 240; 0 skips a step). On an H100 the steps took
-# 37 / 43 / 49 / 5 s; the Triton suite ran 42% of its tests in 100 s with 16 workers (so about 200 s
-# whole): about 5.5 minutes in all. The
-# benchmark stops starting cases 40 s before its limit, so it always writes the results of the cases it timed.
+# STEP_TIMEOUT / PROBE_TIMEOUT / TRITON_TIMEOUT (90 / 90 / 110 / 150 / 30 / 240; 0 skips a step). On an
+# H100 the steps took 37 / 43 / 49 / - / 5 s; the Triton suite ran 42% of its tests in 100 s with 16
+# workers (so about 200 s whole): about 8 minutes in all with the step benchmark. Each benchmark stops
+# starting cases 40 s before its limit (the compiled cases come last), so it always writes the results of
+# the cases it timed.
 # DRY_RUN=1 to print the commands instead of running them (works without a GPU).
 set -uo pipefail
 
@@ -29,6 +34,7 @@ RESULTS_DIR="${RESULTS_DIR:-benchmarks/results}"
 BUILD_TIMEOUT="${BUILD_TIMEOUT:-90}"
 TEST_TIMEOUT="${TEST_TIMEOUT:-90}"
 BENCH_TIMEOUT="${BENCH_TIMEOUT:-110}"
+STEP_TIMEOUT="${STEP_TIMEOUT:-150}"
 TRITON_TIMEOUT="${TRITON_TIMEOUT:-240}"
 PROBE_TIMEOUT="${PROBE_TIMEOUT:-30}"
 DRY_RUN="${DRY_RUN:-0}"
@@ -84,6 +90,8 @@ step gpu-tests "$TEST_TIMEOUT" env JAFR_TRITON_TEST_DEVICE=cuda "$PYTHON" -m pyt
     $xdist $timeout_opt tests/test_gpu.py tests/test_triton_ratio.py
 step bench "$BENCH_TIMEOUT" "$PYTHON" -m benchmarks --gpu --quick --no-readme --out "$RESULTS_DIR" \
     --time-limit "$((BENCH_TIMEOUT > 80 ? BENCH_TIMEOUT - 40 : BENCH_TIMEOUT / 2))"
+step train-steps "$STEP_TIMEOUT" "$PYTHON" -m benchmarks --gpu --only training --no-readme --out "$RESULTS_DIR" \
+    --time-limit "$((STEP_TIMEOUT > 80 ? STEP_TIMEOUT - 40 : STEP_TIMEOUT / 2))"
 step launch-probe "$PROBE_TIMEOUT" "$PYTHON" scripts/triton_launch_probe.py
 step triton-tests "$TRITON_TIMEOUT" env JAFR_TRITON_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -rs -p no:cacheprovider \
     $xdist $timeout_opt tests/test_triton.py

@@ -130,8 +130,9 @@ def test_device_check_dry_run_commands_collect(tmp_path):
     proc = subprocess.run(["bash", str(script)], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     commands = [line[2:] for line in proc.stdout.splitlines() if line.startswith("$ ")]
-    assert [c.split()[0] for c in commands] == ["env", "env", sys.executable, sys.executable, "env"]
-    assert commands[3].endswith("scripts/triton_launch_probe.py")
+    assert [c.split()[0] for c in commands] == ["env", "env", sys.executable, sys.executable, sys.executable, "env"]
+    assert "--gpu --only training" in commands[3] and "--time-limit 110" in commands[3]
+    assert commands[4].endswith("scripts/triton_launch_probe.py")
     assert "setup.py" in commands[0] and "build_ext --inplace" in commands[0] and "TORCH_CUDA_ARCH_LIST=9.0" in commands[0]
     assert "--gpu --quick" in commands[2] and "--time-limit 70" in commands[2]
     # the test steps' pytest selections collect here (the GPU tests are then skipped, not missing)

@@ -45,9 +45,36 @@ def test_result_file_is_tagged(smoke_results):
 def test_every_part_produced_rows(smoke_results):
     results, _ = smoke_results
     kinds = {r["kind"] for r in results["rows"]}
-    assert kinds == {"kernel", "profile", "train", "memory"}
+    assert kinds == {"kernel", "profile", "train", "train_profile", "memory"}
     for row in results["rows"]:
         assert row["median_s"] > 0, row["name"]
+
+
+def test_training_steps_side_by_side(smoke_results):
+    """Every step of the comparison ran for both models; the lazy step is timed over its k steps and reported
+    per step; the profiled step splits off the penalty."""
+    from benchmarks import configs
+
+    results, stdout = smoke_results
+    train = [r for r in results["rows"] if r["kind"] == "train"]
+    for model in ("small_cnn", "preact_resnet18"):
+        assert {r["method"] for r in train if r["model"] == model} == set(configs.TRAIN_METHODS)
+    lazy = next(r for r in train if r["method"] == "jafr_fd_lazy")
+    assert lazy["steps_per_call"] == configs.LAZY_EVERY
+    profiled = [r for r in results["rows"] if r["kind"] == "train_profile"]
+    assert {r["model"] for r in profiled} == {"small_cnn", "preact_resnet18"}
+    for r in profiled:
+        assert 0 < r["profile"]["penalty_host_ms"] < r["profile"]["host_ms"]
+    assert "One finite-difference JaFR step, profiled" in stdout
+
+
+def test_per_step_times_of_multi_step_calls():
+    from benchmarks import report
+
+    stats = {k: 0.4 for k in report.TIME_STATS} | {"rounds": 3}
+    raw = {"benchmarks": [{"name": "lazy", "extra_info": {"kind": "train", "steps_per_call": 4}, "stats": stats}]}
+    (row,) = report.rows_from_pytest(raw)
+    assert row["median_s"] == pytest.approx(0.1)
 
 
 def test_kernel_rows_have_baselines_and_ratios(smoke_results):
@@ -114,3 +141,19 @@ def test_gpu_targets_from_synthetic_rows():
     share = next(t for name, t in targets.items() if name.startswith("Triton") and "4096" in name)
     assert speed["measured"] == pytest.approx(20.0) and speed["met"] is True
     assert share["measured"] == pytest.approx(75.0) and share["met"] is True
+
+
+def test_gpu_step_goals_from_synthetic_rows():
+    """The GPU step goals read the bf16 + channels_last ResNet-18 steps, as ratios to their standard step."""
+    from benchmarks import configs, report
+
+    def step(method, median_s, **variant):
+        case = configs.TrainCase("preact_resnet18", method, 128, 32, 3, device="cuda", **variant)
+        return {"kind": "train", "name": case.id, "median_s": median_s, **case.as_dict()}
+
+    bf16 = {"bf16": True, "channels_last": True}
+    rows = [step("standard", 0.010, **bf16), step("jafr_fd", 0.021, **bf16), step("jafr_fd_lazy", 0.014, **bf16),
+            step("standard", 0.001), step("jafr_fd", 0.1)]  # fp32 rows must not leak into the bf16 goals
+    targets = [t for t in report.evaluate_targets(rows, {"device": "cuda", "smoke": False, "backends": {}})
+               if "bf16+channels_last (GPU)" in t["target"]]
+    assert [(round(t["measured"], 2), t["met"]) for t in targets] == [(2.1, True), (1.4, False)]

@@ -1,6 +1,7 @@
 """The training loop on Fashion-MNIST: every method learns, attacks stay in the eps-ball, JaFR moves the
 Jacobian's spectrum the requested way, non-finite losses stop training, resume is bit-exact, the CLI works."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -168,7 +169,7 @@ def test_resume_in_process_is_bit_exact(tmp_path, fmnist, method):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = build_model("small_cnn", 1, 10)
-    forwards_per_step = {"jafr": 1, "pgd+jafr": 2 + 2 + 1}[method]  # pgd: steps + selection forward, clean, main
+    forwards_per_step = {"jafr": 1, "pgd+jafr": 2 + 1 + 1}[method]  # pgd steps (one restart: no selection forward), clean, main
     model.register_forward_hook(_crash_hook(5 * forwards_per_step))
     with pytest.raises(_CrashAfter):
         train_model(cfg, model=model, train_set=fmnist)
@@ -303,3 +304,31 @@ def test_double_backward_on_a_first_order_model_names_the_fix(tmp_path, fmnist):
         train_model(TrainConfig(out_dir=str(tmp_path / "db"), **kw), train_set=fmnist)
     res = train_model(TrainConfig(out_dir=str(tmp_path / "fd"), jacobian_mode="finite_difference", **kw), train_set=fmnist)
     assert res.step == 2
+
+
+def test_lazy_and_sub_batch_runs_are_recorded(tmp_path, fmnist):
+    """--jafr-every / --jafr-fraction reach the objective and the run's config; steps between regularised
+    ones log no penalty."""
+    res = train_model(TrainConfig(method="jafr", jacobian_mode="finite_difference", jafr_every=2, jafr_fraction=0.5,
+                                  max_steps=4, batch_size=16, train_subset=128, out_dir=str(tmp_path), progress=False,
+                                  log_every=1), train_set=fmnist)
+    with open(tmp_path / "config.json") as f:
+        conf = json.load(f)
+    assert conf["jafr_every"] == 2 and conf["jafr_fraction"] == 0.5
+    steps = [r for r in res.history if r["type"] == "step"]
+    assert [r["penalty"] is not None for r in steps] == [True, False, True, False]
+
+
+def test_compiled_channels_last_finite_difference_run(tmp_path, fmnist):
+    """--compile and --channels-last train with finite differences; a double backward with --compile is refused."""
+    res = train_model(TrainConfig(method="jafr", jacobian_mode="finite_difference", compile=True, channels_last=True,
+                                  max_steps=2, batch_size=16, train_subset=64, out_dir=str(tmp_path / "c"),
+                                  progress=False, augment=False), train_set=fmnist)
+    steps = [r for r in res.history if r["type"] == "step"]
+    assert len(steps) == 2 and all(math.isfinite(r["loss"]) and r["penalty"] is not None for r in steps)
+    with pytest.raises(ValueError, match="compile.*finite_difference"):
+        TrainConfig(method="jafr", compile=True).resolved()
+    with pytest.raises(ValueError, match="jafr_fraction"):
+        TrainConfig(jafr_fraction=0).resolved()
+    with pytest.raises(ValueError, match="jafr_every"):
+        TrainConfig(jafr_every=0).resolved()

@@ -197,3 +197,49 @@ def test_official_formulation_and_a_custom_penalty():
     out.loss.backward()
     custom = jafr_objective(model, x, y, 2.0, penalty=lambda j: j.pow(2).sum())  # gradient-norm regulariser
     torch.testing.assert_close(custom.penalty, jac.pow(2).sum(), rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["double_backward", "finite_difference"])
+def test_lazy_regularisation_scales_the_term_by_k(mode):
+    """every=k: plain CE on the steps between, and on the regularised steps the term weighted k * lam."""
+    model, (x, y) = _smooth_model(), _batch()
+    lam, k = 0.3, 4
+    skipped = jafr_objective(model, x, y, lam, jacobian_mode=mode, every=k, step=5)
+    assert skipped.penalty is None and skipped.jac is None
+    torch.testing.assert_close(_param_grad(model, skipped.loss), _ce_grad(model, x, y), rtol=1e-12, atol=1e-15)
+    lazy = jafr_objective(model, x, y, lam, jacobian_mode=mode, every=k, step=8, fd_h=1e-4)
+    torch.testing.assert_close(lazy.loss.detach(), lazy.ce + k * lam * lazy.penalty, rtol=1e-12, atol=0)
+    got = _param_grad(model, lazy.loss) - _ce_grad(model, x, y)
+    expected = _exact_penalty_grad(model, x, y, k * lam)
+    assert F.cosine_similarity(got, expected, dim=0) > 0.9999
+    assert 0.999 < got.norm() / expected.norm() < 1.001, "the lazy term must be weighted k * lam"
+
+
+@pytest.mark.parametrize("mode", ["double_backward", "finite_difference"])
+@pytest.mark.parametrize("shared", [True, False])
+def test_sub_batch_regularisation(mode, shared):
+    """fraction=f: J and the term on the first ceil(f B) samples, the CE term on the whole batch."""
+    model, (x, y) = _smooth_model(bn=True), _batch(b=12)
+    model.train()
+    x_main = None if shared else (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
+    lam, m = 0.4, 4  # ceil(0.3 * 12) = 4
+    out = jafr_objective(model, x, y, lam, jacobian_mode=mode, fraction=0.3, x_main=x_main, fd_h=1e-4)
+    assert out.jac.shape[0] == m
+    xs = x[:m].clone().requires_grad_(True)
+    (jac,) = torch.autograd.grad(F.cross_entropy(model(xs), y[:m]), xs)
+    torch.testing.assert_close(out.jac, jac, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(out.penalty, reference.freq_penalty(jac, reference.as_band(0.25)), rtol=1e-9, atol=0)
+    main = x if shared else x_main
+    torch.testing.assert_close(out.ce, F.cross_entropy(model(main), y), rtol=1e-12, atol=0)
+    got = _param_grad(model, out.loss) - _ce_grad(model, main, y)
+    expected = _exact_penalty_grad(model, x[:m], y[:m], lam)
+    assert F.cosine_similarity(got, expected, dim=0) > 0.999
+    assert 0.99 < got.norm() / expected.norm() < 1.01
+
+
+def test_schedule_arguments_are_checked():
+    model, (x, y) = _smooth_model(), _batch()
+    for kwargs, match in (({"every": 0}, "every"), ({"step": -1}, "step"), ({"fraction": 0}, "fraction"),
+                          ({"fraction": 1.5}, "fraction")):
+        with pytest.raises(ValueError, match=match):
+            jafr_objective(model, x, y, **kwargs)

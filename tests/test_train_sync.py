@@ -66,11 +66,22 @@ def _run(tmp_path, monkeypatch, method="jafr", **kw):
     return rec
 
 
-@pytest.mark.parametrize("method,mode", [("jafr", "double_backward"), ("fgsm+jafr", "double_backward"),
-                                         ("jafr", "finite_difference")])
-def test_no_host_read_between_logging_steps(tmp_path, monkeypatch, method, mode):
+def _sync_free_penalty_and_grad(jac, cutoff=0.25, *, target="low", **_):
+    leaf = jac.detach().requires_grad_(True)
+    with torch.enable_grad():
+        pen = _sync_free_penalty(leaf, cutoff, target=target)
+    return pen.detach(), torch.autograd.grad(pen, leaf)[0]
+
+
+@pytest.mark.parametrize("method,mode,kw", [
+    ("jafr", "double_backward", {}), ("fgsm+jafr", "double_backward", {}), ("jafr", "finite_difference", {}),
+    ("pgd+jafr", "finite_difference", {"pgd_steps": 2}), ("jafr", "finite_difference", {"jafr_every": 2}),
+    ("fgsm+jafr", "finite_difference", {"jafr_fraction": 0.25}),
+])
+def test_no_host_read_between_logging_steps(tmp_path, monkeypatch, method, mode, kw):
     monkeypatch.setattr(jk, "freq_penalty", _sync_free_penalty)
-    rec = _run(tmp_path, monkeypatch, method, jacobian_mode=mode)
+    monkeypatch.setattr(jk, "freq_penalty_and_grad", _sync_free_penalty_and_grad)
+    rec = _run(tmp_path, monkeypatch, method, jacobian_mode=mode, **kw)
     window = {4, 5, 6}  # 0-based steps 4..6 are the 1-based steps 5..7
     ops_in_window = [op for step, op in rec.ops if step in window]
     assert len(ops_in_window) > 100  # the steps were recorded

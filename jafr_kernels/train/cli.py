@@ -39,6 +39,10 @@ def register(subparsers) -> None:
     p.add_argument("--jacobian-mode", default="double_backward", choices=("double_backward", "finite_difference"),
                    help="how the penalty's parameter gradient is taken")
     p.add_argument("--fd-h", type=float, default=0.01, help="finite-difference step, relative to ||x||/||v||")
+    p.add_argument("--jafr-every", type=int, default=1, metavar="K",
+                   help="lazy regularisation: the JaFR term every K-th step, weighted K * lam (1: every step)")
+    p.add_argument("--jafr-fraction", type=float, default=1.0, metavar="F",
+                   help="sub-batch regularisation: J and the JaFR term on a fraction F of each batch (1: all of it)")
     p.add_argument("--eps", type=float, default=None, help="L-inf radius (default: 0.1 Fashion-MNIST, 8/255 others)")
     p.add_argument("--lr", type=float, default=None, help="peak LR (default 0.05 Fashion-MNIST, 0.2 others)")
     p.add_argument("--lr-schedule", default="cyclic", choices=("cyclic", "constant"), help="cyclic: triangular, as in the paper")
@@ -51,6 +55,9 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto (GPU if visible, else CPU; cuda:LOCAL_RANK under torchrun), cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="model and data precision")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the model (spectral maths stay fp32)")
+    p.add_argument("--channels-last", action="store_true", help="model and batches in channels_last (NHWC) memory format")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (needs --jacobian-mode finite_difference for JaFR: no double backward)")
     p.add_argument("--sync-bn", action="store_true", help="convert BatchNorm to SyncBatchNorm under DDP")
     p.add_argument("--update-bn-in-extra-passes", dest="freeze_bn", action="store_false",
                    help="let attack/Jacobian/finite-difference passes update BN running stats (as the authors' code does; "
@@ -75,7 +82,8 @@ def config_from_args(args: argparse.Namespace):
     return TrainConfig(
         method=args.method, dataset=args.dataset, model=args.model, epochs=args.epochs, max_steps=args.max_steps,
         batch_size=args.batch_size, lam=args.lam, cutoff=args.cutoff, target=args.target, formulation=args.formulation,
-        jacobian_mode=args.jacobian_mode, fd_h=args.fd_h, eps=args.eps, lr=args.lr, lr_schedule=args.lr_schedule,
+        jacobian_mode=args.jacobian_mode, fd_h=args.fd_h, jafr_every=args.jafr_every,
+        jafr_fraction=args.jafr_fraction, channels_last=args.channels_last, compile=args.compile, eps=args.eps, lr=args.lr, lr_schedule=args.lr_schedule,
         warmup_min=args.warmup_min, seed=args.seed, out_dir=args.out, data_dir=args.data_dir,
         train_subset=args.train_subset, device=args.device, dtype=args.dtype, bf16=args.bf16, sync_bn=args.sync_bn,
         freeze_bn=args.freeze_bn, augment=args.augment, ckpt_every=args.ckpt_every, log_every=args.log_every,

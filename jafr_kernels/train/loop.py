@@ -32,7 +32,6 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, DistributedSampler, Subset
 
@@ -42,7 +41,8 @@ from jafr_kernels.train.data import augment, dataset_info, get_batch, load_datas
 from jafr_kernels.train.device import choose_device, init_distributed, world_from_env
 from jafr_kernels.train.methods import METHOD_NAMES as METHODS, default_lambda, get_method
 from jafr_kernels.train.models import MODELS, build_model
-from jafr_kernels.train.objective import JACOBIAN_MODES, frozen_bn_stats, gradalign_objective, jafr_objective
+from jafr_kernels.train.objective import (JACOBIAN_MODES, ce_objective, frozen_bn_stats, gradalign_objective,
+                                          jafr_objective)
 
 RUN_FILES = ("config.json", "metrics.jsonl", ckpt.LAST, ckpt.PREV, "eval.json")  # what --overwrite removes
 
@@ -67,6 +67,11 @@ class TrainConfig:
     ``gradalign_lambda * (1 - cos)``. SGD (momentum 0.9, weight decay 5e-4), triangular LR peaking at 2/5
     of training but never before update ``warmup_min`` (when the run is long enough; see
     :class:`TriangularLR`). ``device="auto"``: the GPU when one is visible, else the CPU.
+    ``jafr_every=k``: the JaFR term every k-th step, weighted ``k * lam`` (lazy regularisation);
+    ``jafr_fraction=f``: J and the term on ``ceil(f * B)`` samples of each batch (sub-batch regularisation); see
+    :func:`jafr_kernels.train.objective.jafr_objective`. ``channels_last``: model and batches in NHWC memory
+    format; ``compile``: ``torch.compile`` the model (not with a double backward, which aot_autograd cannot
+    compile: use ``jacobian_mode="finite_difference"``).
     ``log_every``: steps between host reads of the metrics. ``resume`` continues the run in ``out_dir``;
     ``overwrite`` replaces it; with neither, ``out_dir`` must be new or empty. ``init_from``: a run folder or
     checkpoint whose model weights start this run (fresh optimizer and schedule).
@@ -83,6 +88,8 @@ class TrainConfig:
     target: str = "low"
     formulation: str = "ratio"
     jacobian_mode: str = "double_backward"
+    jafr_every: int = 1
+    jafr_fraction: float = 1.0
     eps: Optional[float] = None
     seed: int = 0
     out_dir: str = "runs/train"
@@ -100,6 +107,8 @@ class TrainConfig:
     fd_h: float = 0.01
     freeze_bn: bool = True
     bf16: bool = False
+    channels_last: bool = False
+    compile: bool = False
     sync_bn: bool = False
     augment: bool = True
     dtype: str = "float32"
@@ -120,7 +129,7 @@ class TrainConfig:
         _choice("formulation", cfg.formulation, ("ratio", "official"))
         _choice("lr_schedule", cfg.lr_schedule, ("cyclic", "constant"))
         _choice("dtype", cfg.dtype, ("float32", "float64"))
-        for name in ("epochs", "batch_size", "ckpt_every", "log_every", "pgd_steps"):
+        for name in ("epochs", "batch_size", "ckpt_every", "log_every", "pgd_steps", "jafr_every"):
             _at_least(name, getattr(cfg, name), 1)
         for name in ("max_steps", "train_subset"):
             if getattr(cfg, name) is not None:
@@ -135,6 +144,14 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number >= 0; got {value}{hint}")
         if not (math.isfinite(cfg.fd_h) and cfg.fd_h > 0):
             raise ValueError(f"fd_h must be a finite number > 0; got {cfg.fd_h}")
+        if not (isinstance(cfg.jafr_fraction, (int, float)) and 0 < cfg.jafr_fraction <= 1):
+            raise ValueError(f"jafr_fraction must lie in (0, 1] (the share of each batch that gets the JaFR term); "
+                             f"got {cfg.jafr_fraction}")
+        method = get_method(cfg.method)
+        if cfg.compile and (method.gradalign or (method.jafr and cfg.jacobian_mode == "double_backward")):
+            raise ValueError(f"compile: a compiled model cannot be differentiated twice (aot_autograd has no double "
+                             f"backward), which method {cfg.method!r} with jacobian_mode={cfg.jacobian_mode!r} needs; "
+                             "use jacobian_mode='finite_difference' (--jacobian-mode finite_difference) or drop --compile")
         if not 0 <= cfg.momentum < 1:
             raise ValueError(f"momentum must lie in [0, 1); got {cfg.momentum}")
         if cfg.resume and cfg.overwrite:
@@ -308,8 +325,8 @@ def _to_device(t: torch.Tensor, device: torch.device, dtype=None) -> torch.Tenso
     return t.to(device=device, dtype=dtype, non_blocking=device.type == "cuda")
 
 
-def _objective(cfg: TrainConfig, model, raw_model, x, y, gen, autocast_dtype):
-    """The method's loss for one batch (see TrainConfig for the attacks' settings)."""
+def _objective(cfg: TrainConfig, model, raw_model, x, y, gen, autocast_dtype, step: int = 0):
+    """The method's loss for step ``step``'s batch (see TrainConfig for the attacks' settings)."""
     method, eps = get_method(cfg.method), cfg.eps
     x_adv = None
     if method.attack is not None:
@@ -324,13 +341,9 @@ def _objective(cfg: TrainConfig, model, raw_model, x, y, gen, autocast_dtype):
     if method.jafr:
         return jafr_objective(model, x, y, cfg.lam, cutoff=cfg.cutoff, target=cfg.target, formulation=cfg.formulation,
                               jacobian_mode=cfg.jacobian_mode, x_main=x_adv, fd_h=cfg.fd_h, freeze_bn=cfg.freeze_bn,
-                              autocast_dtype=autocast_dtype)
-    from jafr_kernels.train.objective import ObjectiveResult, _upcast
-
-    with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        logits = model(x if x_adv is None else x_adv)
-    loss = F.cross_entropy(_upcast(logits), y)
-    return ObjectiveResult(loss, loss.detach(), logits.detach())
+                              autocast_dtype=autocast_dtype, every=cfg.jafr_every, step=step,
+                              fraction=cfg.jafr_fraction)
+    return ce_objective(model, x if x_adv is None else x_adv, y, autocast_dtype)
 
 
 def train_model(cfg: TrainConfig, model: Optional[nn.Module] = None, train_set: Optional[Dataset] = None) -> TrainResult:
@@ -376,7 +389,8 @@ def train_model(cfg: TrainConfig, model: Optional[nn.Module] = None, train_set: 
             model = build_model(cfg.model, info.channels, info.num_classes)
     if cfg.init_from is not None:
         _init_weights(model, cfg.init_from)
-    model = model.to(device=device, dtype=dtype).train()
+    memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
+    model = model.to(device=device, dtype=dtype, memory_format=memory_format).train()
     if cfg.sync_bn and world > 1:
         # SyncBatchNorm (GPU only) has no double backward: JaFR must use finite differences with it.
         if get_method(cfg.method).gradalign or (get_method(cfg.method).jafr and cfg.jacobian_mode == "double_backward"):
@@ -386,6 +400,8 @@ def train_model(cfg: TrainConfig, model: Optional[nn.Module] = None, train_set: 
     raw_model = model
     if world > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
 
     optimizer = torch.optim.SGD(raw_model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     factor = TriangularLR(total, warmup_min=cfg.warmup_min) if cfg.lr_schedule == "cyclic" else _ConstantLR()
@@ -490,8 +506,10 @@ def train_model(cfg: TrainConfig, model: Optional[nn.Module] = None, train_set: 
                 if cfg.augment:
                     x = augment(x, info, gen)
                 x, y = _to_device(x, device, dtype), _to_device(y, device)
+                if cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 try:
-                    out = _objective(cfg, model, raw_model, x, y, gen, autocast_dtype)
+                    out = _objective(cfg, model, raw_model, x, y, gen, autocast_dtype, step)
                 except ValueError as exc:  # a penalty asked to raise on a non-finite J (nonfinite="raise")
                     if "non-finite" not in str(exc):
                         raise

@@ -47,7 +47,7 @@ class Method:
         change with the JaFR settings)."""
         unused = []
         if not self.jafr:
-            unused += ["lam", "cutoff", "target", "formulation", "jacobian_mode", "fd_h"]
+            unused += ["lam", "cutoff", "target", "formulation", "jacobian_mode", "fd_h", "jafr_every", "jafr_fraction"]
         if not self.gradalign:
             unused.append("gradalign_lambda")
         if self.attack != "pgd":

@@ -11,7 +11,18 @@ Two ways to get the parameter gradient of ``lam * P(J(theta))``:
   (a finite-difference Hessian-vector product). One backward of the clean CE gives both J and the clean
   parameter gradient ``g_clean``, one forward/backward at ``x + h v`` gives ``g_pert``; for standard training
   the total gradient is ``(1 - lam/h) g_clean + (lam/h) g_pert``: two forward and two backward passes and no
-  second derivative, so it works for ops without a double backward. ``h = fd_h * ||x|| / ||v||``.
+  second derivative, so it works for ops without a double backward. ``h = fd_h * ||x|| / ||v||``. The clean
+  gradient enters the loss through one zero-cost linearisation node (its backward is one ``_foreach_mul``),
+  and ``(P, v)`` come from one fused call, :func:`jafr_kernels.freq_penalty_and_grad`.
+
+Two ways to pay less for the term, as GAN training does for gradient penalties:
+
+* ``every=k`` (lazy regularisation): the JaFR term only on steps with ``step % k == 0``, weighted ``k * lam``
+  so its average over steps is unchanged; the other steps are plain CE steps.
+* ``fraction=f`` (sub-batch regularisation): J and the term on the first ``ceil(f * B)`` samples of the batch
+  (batches are shuffled), in passes of their own; the CE term keeps the whole batch. The penalty is a mean
+  over samples, so its expected gradient is unchanged. With finite differences a step then costs about
+  ``1 + 2f`` standard steps.
 
 Both return a scalar ``loss`` whose single ``loss.backward()`` produces the parameter gradient (so under
 DDP that one backward does the all-reduce) and whose value is ``CE + lam * P``.
@@ -28,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -58,23 +70,24 @@ class ObjectiveResult:
 
 @contextlib.contextmanager
 def frozen_bn_stats(model: nn.Module, enabled: bool = True):
-    """Leave every BatchNorm's running statistics (and batch counter) untouched by the forwards inside: they
-    still use batch statistics in train mode, but update throw-away copies. The original buffers are swapped
-    back, never written, so autograd's saved tensors stay valid."""
+    """Leave every BatchNorm's running statistics (and batch counter) untouched by the forwards inside.
+
+    Modules in train mode still normalise with batch statistics but stop tracking them for the duration
+    (``track_running_stats`` is switched off, which passes no running buffers to the kernel): nothing is
+    copied or written. Modules in eval mode are left as they are (they use, and never update, the running
+    statistics)."""
     if not enabled:
         yield
         return
-    saved = []
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.running_mean is not None:
-            saved.append((m, m.running_mean, m.running_var, m.num_batches_tracked))
-            m.running_mean, m.running_var = m.running_mean.clone(), m.running_var.clone()
-            m.num_batches_tracked = m.num_batches_tracked.clone()
+    switched = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                and m.training and m.track_running_stats and m.running_mean is not None]
+    for m in switched:
+        m.track_running_stats = False
     try:
         yield
     finally:
-        for m, mean, var, count in saved:
-            m.running_mean, m.running_var, m.num_batches_tracked = mean, var, count
+        for m in switched:
+            m.track_running_stats = True
 
 
 def _autocast(x: Tensor, dtype: Optional[torch.dtype]):
@@ -99,22 +112,87 @@ def default_penalty(cutoff=0.25, target="low", formulation="ratio", backend="aut
     return functools.partial(jk.freq_penalty, cutoff=cutoff, target=target, formulation=formulation, backend=backend)
 
 
+def _ratio_from_penalty(pen: Tensor, target: str) -> Tensor:
+    """The batch-mean low-frequency ratio of J from the ratio penalty's value (detached): ``1 - P`` for the
+    low target, ``P`` for the high one. A sample whose J is exactly zero counts as ratio 1 (low) or 0 (high)."""
+    pen = pen.detach()
+    return 1.0 - pen if target == "low" else pen
+
+
 def _penalty_and_ratio(jac: Tensor, penalty: Optional[Callable[[Tensor], Tensor]], cutoff, target: str,
                        formulation: str) -> tuple[Tensor, Tensor]:
-    """The penalty P(J) and the batch-mean low-frequency ratio of J (detached), without a host read.
-
-    For the default ratio penalty both come from one per-sample penalty (``reduction="none"``): the ratio is
-    ``1 - P_b`` (low target) or ``P_b`` (high target). A sample whose J is exactly zero has no spectrum; it
-    counts as ratio 1 under the low target and 0 under the high one. Other penalties take one extra pass
-    (``jk.low_freq_ratio``) for the diagnostic.
-    """
+    """The penalty P(J) (differentiable in J) and the batch-mean low-frequency ratio of J (detached), without
+    a host read. Penalties other than the default ratio take one extra pass (``jk.low_freq_ratio``) for the
+    diagnostic."""
     if penalty is None and formulation == "ratio":
-        per_sample = jk.freq_penalty(jac, cutoff, target=target, reduction="none")
-        ratio = 1.0 - per_sample.detach() if target == "low" else per_sample.detach()
-        return per_sample.mean(), ratio.mean()
+        pen = jk.freq_penalty(jac, cutoff, target=target)
+        return pen, _ratio_from_penalty(pen, target)
     pen = (penalty or default_penalty(cutoff, target, formulation))(jac)
-    plain = jac.detach().float() if jac.dtype in (torch.float16, torch.bfloat16) else jac.detach()
-    return pen, jk.low_freq_ratio(plain, cutoff).mean()
+    return pen, jk.low_freq_ratio(_upcast(jac.detach()), cutoff).mean()
+
+
+def _penalty_value_and_grad(jac: Tensor, penalty, cutoff, target: str, formulation: str):
+    """``(P, lf_ratio, v = dP/dJ)`` for a detached J: one fused call for the default ratio penalty, autograd
+    through ``penalty`` otherwise."""
+    if penalty is None and formulation == "ratio":
+        pen, v = jk.freq_penalty_and_grad(jac, cutoff, target=target)
+        return pen, _ratio_from_penalty(pen, target), v
+    leaf = jac.detach().requires_grad_(True)
+    with torch.enable_grad():
+        pen, lf_ratio = _penalty_and_ratio(leaf, penalty, cutoff, target, formulation)
+    (v,) = torch.autograd.grad(pen, leaf)
+    return pen.detach(), lf_ratio, v
+
+
+class _Linearisation(torch.autograd.Function):
+    """A node of value ``value`` whose backward hands each parameter ``coef * g`` (``g`` a fixed gradient,
+    e.g. of the clean CE): the finite-difference objective's clean term without a graph over the parameters.
+    Its backward is one ``_foreach_mul``."""
+
+    @staticmethod
+    def forward(ctx, value, coef, grads, *params):
+        ctx.coef, ctx.grads = coef, grads
+        return value.clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        present = [g for g in ctx.grads if g is not None]
+        scaled = iter(torch._foreach_mul(present, grad_out * ctx.coef))
+        return (None, None, None, *(None if g is None else next(scaled) for g in ctx.grads))
+
+
+def _h_and_weight(x: Tensor, v: Tensor, fd_h: float, lam: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The step ``h = fd_h ||x|| / ||v||`` and the weight ``lam / h`` of the finite difference, on the device
+    (no host read); both 0 where v = 0. Under DDP the norms are summed over processes, so every process takes
+    the same h and DDP reproduces the single-process step."""
+    norms = torch.stack([x.detach().pow(2).sum(), v.pow(2).sum()]).to(torch.float64)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(norms)
+    x_norm, v_norm = norms.sqrt().unbind()
+    moves = v_norm > 0
+    h = torch.where(moves, fd_h * x_norm / v_norm, 0.0)
+    return h, torch.where(moves, lam / h, 0.0).to(dtype)
+
+
+def _check_schedule(every: int, step: int, fraction: float) -> None:
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"every must be an integer >= 1 (the JaFR term every k-th step), got {every!r}")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be an integer >= 0, got {step!r}")
+    if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
+        raise ValueError(f"fraction must lie in (0, 1] (the share of the batch that gets the JaFR term), got {fraction!r}")
+
+
+def sub_batch_size(batch: int, fraction: float) -> int:
+    """Samples that get the JaFR term: ``ceil(fraction * batch)``, at least 1."""
+    return max(1, min(batch, math.ceil(fraction * batch - 1e-9)))
+
+
+def ce_objective(model: nn.Module, x: Tensor, y: Tensor, autocast_dtype: Optional[torch.dtype] = None) -> ObjectiveResult:
+    """Plain cross-entropy ``CE(f(x), y)`` as an :class:`ObjectiveResult` (no penalty, no Jacobian)."""
+    logits, ce = _forward_ce(model, x, y, autocast_dtype)
+    return ObjectiveResult(ce, ce.detach(), logits.detach())
 
 
 def jafr_objective(
@@ -132,6 +210,9 @@ def jafr_objective(
     fd_h: float = 0.01,
     freeze_bn: bool = True,
     autocast_dtype: Optional[torch.dtype] = None,
+    every: int = 1,
+    step: int = 0,
+    fraction: float = 1.0,
 ) -> ObjectiveResult:
     """JaFR loss ``CE(f(x_main), y) + lam * P(J)``, J the input gradient of the batch-mean CE at the clean x.
 
@@ -144,8 +225,11 @@ def jafr_objective(
         x_main: input of the CE term (e.g. adversarial); None uses x and shares its forward pass.
         fd_h: finite-difference step relative to ``||x|| / ||v||``.
         freeze_bn: keep BatchNorm running statistics untouched by the extra passes (the Jacobian pass when
-            ``x_main`` is given, and the finite-difference pass).
+            ``x_main`` is given or a sub-batch is taken, and the finite-difference pass).
         autocast_dtype: e.g. ``torch.bfloat16`` to run the model under autocast; CE and spectra stay fp32.
+        every, step: lazy regularisation: the term only when ``step % every == 0``, weighted ``every * lam``;
+            other steps return the plain CE of ``x_main`` (no penalty, no J).
+        fraction: sub-batch regularisation: J and the term on the first ``ceil(fraction * B)`` samples.
 
     Returns:
         :class:`ObjectiveResult`; call ``result.loss.backward()`` once.
@@ -154,11 +238,21 @@ def jafr_objective(
         raise ValueError(f"jacobian_mode must be one of {JACOBIAN_MODES}, got {jacobian_mode!r}")
     if not fd_h > 0:
         raise ValueError(f"fd_h must be > 0, got {fd_h}")
-    xc = x.detach().requires_grad_(True)
+    _check_schedule(every, step, fraction)
     shared = x_main is None
+    if step % every:
+        return ce_objective(model, x if shared else x_main, y, autocast_dtype)
+    lam = lam * every
+    m = sub_batch_size(x.shape[0], fraction)
+    if m < x.shape[0]:  # the term on a sub-batch, in passes of its own; the CE term keeps the whole batch
+        x_main, shared = (x if shared else x_main), False
+        x, y_jac = x[:m], y[:m]
+    else:
+        y_jac = y
+    xc = x.detach().requires_grad_(True)
     if jacobian_mode == "double_backward":
         with frozen_bn_stats(model, freeze_bn and not shared):
-            logits, ce_clean = _forward_ce(model, xc, y, autocast_dtype)
+            logits, ce_clean = _forward_ce(model, xc, y_jac, autocast_dtype)
         (jac,) = torch.autograd.grad(ce_clean, xc, create_graph=lam != 0, retain_graph=True)
         pen, lf_ratio = _penalty_and_ratio(jac, penalty, cutoff, target, formulation)
         if shared:
@@ -171,39 +265,30 @@ def jafr_objective(
     # finite differences: one backward gives J and g_clean; then a forward/backward at x + h v
     params = [p for p in model.parameters() if p.requires_grad]
     with frozen_bn_stats(model, freeze_bn and not shared):
-        logits, ce_clean = _forward_ce(model, xc, y, autocast_dtype)
+        logits, ce_clean = _forward_ce(model, xc, y_jac, autocast_dtype)
     grads = torch.autograd.grad(ce_clean, [xc] + params, allow_unused=True)
-    jac, g_clean = grads[0].detach(), grads[1:]
-    jac_leaf = jac.clone().requires_grad_(True)
-    with torch.enable_grad():
-        pen, lf_ratio = _penalty_and_ratio(jac_leaf, penalty, cutoff, target, formulation)
-    (v,) = torch.autograd.grad(pen, jac_leaf)
-    norms = torch.stack([x.detach().pow(2).sum(), v.pow(2).sum()]).to(torch.float64)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(norms)  # one h for all processes: DDP then reproduces the single-process step exactly
-    x_norm, v_norm = norms.sqrt().unbind()
+    jac, g_clean = grads[0], grads[1:]
+    pen, lf_ratio, v = _penalty_value_and_grad(jac, penalty, cutoff, target, formulation)
     if shared:
-        logits_main, ce_main = logits, ce_clean
-        main_term = sum((p * g).sum() for p, g in zip(params, g_clean) if g is not None)
+        logits_main, ce_main, live = logits, ce_clean, None
     else:
         logits_main, ce_main = _forward_ce(model, x_main, y, autocast_dtype)
-        main_term = ce_main
-    extra = {}
+        live = ce_main
+    extra, coef = {}, 1.0 if shared else 0.0
     if lam != 0:
-        # h and lam / h stay on the device (no host read); where v = 0 the correction gets weight 0
-        moves = v_norm > 0
-        h = torch.where(moves, fd_h * x_norm / v_norm, 0.0)
-        c = torch.where(moves, lam / h, 0.0).to(ce_clean.dtype)
+        h, weight = _h_and_weight(x, v, fd_h, lam, ce_clean.dtype)
         with frozen_bn_stats(model, freeze_bn):
-            _, ce_pert = _forward_ce(model, x.detach() + h.to(x.dtype) * v.to(x.dtype), y, autocast_dtype)
-        clean_lin = sum((p * g).sum() for p, g in zip(params, g_clean) if g is not None)
-        surrogate = main_term + c * (ce_pert - clean_lin)
+            _, ce_pert = _forward_ce(model, x.detach() + h.to(x.dtype) * v.to(x.dtype), y_jac, autocast_dtype)
+        pert = weight * ce_pert
+        live = pert if live is None else live + pert
+        coef = coef - weight
         extra["fd_h"] = h
-    else:
-        surrogate = main_term
     value = (ce_main + lam * pen).detach()
-    loss = value + (surrogate - surrogate.detach())
-    return ObjectiveResult(loss, ce_main.detach(), logits_main.detach(), pen.detach(), lf_ratio, jac, extra)
+    # value: CE + lam * P; gradient: coef * g_clean (the linearisation) + that of the live terms
+    loss = _Linearisation.apply(value, coef, g_clean, *params)
+    if live is not None:
+        loss = loss + (live - live.detach())  # exactly zero-valued: the value stays CE + lam * P to the last bit
+    return ObjectiveResult(loss, ce_main.detach(), logits_main.detach(), pen, lf_ratio, jac, extra)
 
 
 def gradalign_objective(
