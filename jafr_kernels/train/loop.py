@@ -361,190 +361,224 @@ def train_model(cfg: TrainConfig, model: Optional[nn.Module] = None, train_set: 
         NonFiniteLossError: training diverged (nothing after the last good checkpoint is saved).
         DatasetError / CheckpointError: missing data, or no valid checkpoint to resume from.
     """
-    from tqdm.auto import tqdm
+    return _Run(cfg, model, train_set).train()
 
-    cfg = cfg.resolved()
-    _, local_rank, world_size = world_from_env()
-    device = choose_device(cfg.device, local_rank=local_rank, world_size=world_size)
-    rank, world = init_distributed(device)
-    info = dataset_info(cfg.dataset)
-    dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
-    autocast_dtype = torch.bfloat16 if cfg.bf16 else None
-    run_dir = cfg.out_dir
-    check_run_dir(run_dir, cfg.resume, cfg.overwrite)
 
-    dataset = _subset(train_set if train_set is not None else load_dataset(cfg.dataset, True, cfg.data_dir), cfg.train_subset)
-    if cfg.batch_size % world:
-        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {world}")
-    local_batch = cfg.batch_size // world
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
-    steps_per_epoch = len(sampler) // local_batch
-    if steps_per_epoch < 1:
-        raise ValueError(f"the training set ({len(dataset)} samples) is smaller than one batch of {cfg.batch_size}")
-    total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
+class _Run:
+    """One training run, in named steps: :meth:`__init__` checks and builds everything (nothing written yet),
+    :meth:`open` prepares the folder and restores a checkpoint, :meth:`train` runs the steps, logging through
+    :meth:`flush` (the one host read of a window of steps) and checkpointing through :meth:`save`."""
 
-    if model is None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            model = build_model(cfg.model, info.channels, info.num_classes)
-    if cfg.init_from is not None:
-        _init_weights(model, cfg.init_from)
-    memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
-    model = model.to(device=device, dtype=dtype, memory_format=memory_format).train()
-    if cfg.sync_bn and world > 1:
-        # SyncBatchNorm (GPU only) has no double backward: JaFR must use finite differences with it.
-        if get_method(cfg.method).gradalign or (get_method(cfg.method).jafr and cfg.jacobian_mode == "double_backward"):
-            raise ValueError(f"sync_bn: SyncBatchNorm has no double backward, so method {cfg.method!r} with "
-                             f"jacobian_mode={cfg.jacobian_mode!r} cannot use it; use jacobian_mode='finite_difference'")
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    raw_model = model
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        model = torch.compile(model)
+    def __init__(self, cfg: TrainConfig, model: Optional[nn.Module], train_set: Optional[Dataset]):
+        cfg = self.cfg = cfg.resolved()
+        _, local_rank, world_size = world_from_env()
+        self.device = choose_device(cfg.device, local_rank=local_rank, world_size=world_size)
+        self.rank, self.world = init_distributed(self.device)
+        self.info = dataset_info(cfg.dataset)
+        self.dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+        self.autocast_dtype = torch.bfloat16 if cfg.bf16 else None
+        self.run_dir = cfg.out_dir
+        check_run_dir(self.run_dir, cfg.resume, cfg.overwrite)
+        self._data(train_set)
+        self._model(model)
+        self.optimizer = torch.optim.SGD(self.raw_model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+        factor = TriangularLR(self.total, warmup_min=cfg.warmup_min) if cfg.lr_schedule == "cyclic" else _ConstantLR()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        self.metrics_path = os.path.join(self.run_dir, "metrics.jsonl")
+        self.step, self.history, self.saved_step = 0, [], None
+        # Metrics of the steps since the last logging step: (loss, CE, penalty, J ratio, accuracy) as one float64
+        # device tensor per step (NaN where a method has no penalty or ratio), with host-side (epoch, lr,
+        # has_penalty, has_ratio). ``flush`` reads them all back at once.
+        self.pending: list = []
+        self.window_start = time.perf_counter()
 
-    optimizer = torch.optim.SGD(raw_model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    factor = TriangularLR(total, warmup_min=cfg.warmup_min) if cfg.lr_schedule == "cyclic" else _ConstantLR()
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    def _data(self, train_set: Optional[Dataset]) -> None:
+        cfg, world = self.cfg, self.world
+        source = train_set if train_set is not None else load_dataset(cfg.dataset, True, cfg.data_dir)
+        self.dataset = _subset(source, cfg.train_subset)
+        if cfg.batch_size % world:
+            raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {world}")
+        self.local_batch = cfg.batch_size // world
+        self.sampler = DistributedSampler(self.dataset, num_replicas=world, rank=self.rank, shuffle=True, seed=cfg.seed,
+                                          drop_last=True)
+        self.steps_per_epoch = len(self.sampler) // self.local_batch
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"the training set ({len(self.dataset)} samples) is smaller than one batch of {cfg.batch_size}")
+        epochs_steps = cfg.epochs * self.steps_per_epoch
+        self.total = epochs_steps if cfg.max_steps is None else min(cfg.max_steps, epochs_steps)
 
-    metrics_path = os.path.join(run_dir, "metrics.jsonl")
-    _barrier(world)  # every process has checked the folder before rank 0 changes it
-    if rank == 0:
-        if cfg.overwrite and os.path.isdir(run_dir):
-            _clear_run(run_dir)
-        os.makedirs(run_dir, exist_ok=True)
-    _barrier(world)
-    step, history = 0, []
-    state = ckpt.load_latest(run_dir) if cfg.resume else None
-    if state is not None:
-        state, path = state
-        _check_same_run(state.get("config", {}), dataclasses.asdict(cfg), path)
-        raw_model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        step = int(state["step"])
+    def _model(self, model: Optional[nn.Module]) -> None:
+        """``raw_model`` (trained, checkpointed) and ``model`` (what the objective calls: DDP and/or compiled)."""
+        cfg, info, device = self.cfg, self.info, self.device
+        if model is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed)
+                model = build_model(cfg.model, info.channels, info.num_classes)
+        if cfg.init_from is not None:
+            _init_weights(model, cfg.init_from)
+        memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
+        model = model.to(device=device, dtype=self.dtype, memory_format=memory_format).train()
+        if cfg.sync_bn and self.world > 1:
+            # SyncBatchNorm (GPU only) has no double backward: JaFR must use finite differences with it.
+            method = get_method(cfg.method)
+            if method.gradalign or (method.jafr and cfg.jacobian_mode == "double_backward"):
+                raise ValueError(f"sync_bn: SyncBatchNorm has no double backward, so method {cfg.method!r} with "
+                                 f"jacobian_mode={cfg.jacobian_mode!r} cannot use it; use jacobian_mode='finite_difference'")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.raw_model = model
+        if self.world > 1:
+            model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.model = torch.compile(model) if cfg.compile else model
+
+    def open(self) -> None:
+        """Create (or clear, with ``overwrite``) the run folder, restore the newest checkpoint when resuming, and
+        write config.json and the metrics kept so far."""
+        cfg, run_dir, rank = self.cfg, self.run_dir, self.rank
+        _barrier(self.world)  # every process has checked the folder before rank 0 changes it
         if rank == 0:
-            print(f"resuming {run_dir} from {path} at step {step}/{total}")
-    elif cfg.resume and rank == 0:
-        print(f"no checkpoint in {run_dir}: starting from step 0")
-    if rank == 0:
-        history = _read_history(metrics_path, step) if step > 0 else []
-        _write_history(metrics_path, history)
-        with open(os.path.join(run_dir, "config.json"), "w") as f:
-            json.dump(dataclasses.asdict(cfg) | {"world_size": world, "total_steps": total, "steps_per_epoch": steps_per_epoch,
-                                                 "device_used": str(device)}, f, indent=2)
-    saved_step = step if state is not None else None
+            if cfg.overwrite and os.path.isdir(run_dir):
+                _clear_run(run_dir)
+            os.makedirs(run_dir, exist_ok=True)
+        _barrier(self.world)
+        found = ckpt.load_latest(run_dir) if cfg.resume else None
+        if found is not None:
+            self._restore(*found)
+        elif cfg.resume and rank == 0:
+            print(f"no checkpoint in {run_dir}: starting from step 0")
+        if rank == 0:
+            self.history = _read_history(self.metrics_path, self.step) if self.step > 0 else []
+            _write_history(self.metrics_path, self.history)
+            with open(os.path.join(run_dir, "config.json"), "w") as f:
+                json.dump(dataclasses.asdict(cfg) | {"world_size": self.world, "total_steps": self.total,
+                                                     "steps_per_epoch": self.steps_per_epoch,
+                                                     "device_used": str(self.device)}, f, indent=2)
 
-    def save():
-        nonlocal saved_step
-        weights = [t for t in raw_model.state_dict().values() if t.is_floating_point()]
+    def _restore(self, state: dict, path: str) -> None:
+        _check_same_run(state.get("config", {}), dataclasses.asdict(self.cfg), path)
+        self.raw_model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.step = self.saved_step = int(state["step"])
+        if self.rank == 0:
+            print(f"resuming {self.run_dir} from {path} at step {self.step}/{self.total}")
+
+    def save(self) -> None:
+        """A verified checkpoint of the current step (refused, as divergence, if any weight is non-finite)."""
+        cfg, step = self.cfg, self.step
+        weights = [t for t in self.raw_model.state_dict().values() if t.is_floating_point()]
         if not bool(torch.stack([torch.isfinite(t).all() for t in weights]).all()):  # one host read per checkpoint
-            raise NonFiniteLossError(_divergence_message(cfg, step, (step - 1) // steps_per_epoch, "the weights became non-finite",
-                                                         run_dir, saved_step))
-        saved_step = step
-        if rank != 0:
+            raise NonFiniteLossError(_divergence_message(cfg, step, (step - 1) // self.steps_per_epoch,
+                                                         "the weights became non-finite", self.run_dir, self.saved_step))
+        self.saved_step = step
+        if self.rank != 0:
             return
         rng = {"torch": torch.get_rng_state()}
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(device)
-        ckpt.save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                              "scheduler": scheduler.state_dict(), "rng": rng, "step": step,
-                              "epoch": step // steps_per_epoch,
-                              "data_order": {"sampler_seed": cfg.seed, "epoch": step // steps_per_epoch,
-                                             "batches_done_in_epoch": step % steps_per_epoch, "world_size": world}, "config": dataclasses.asdict(cfg)}, run_dir)
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        epoch = step // self.steps_per_epoch
+        ckpt.save_checkpoint({"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                              "scheduler": self.scheduler.state_dict(), "rng": rng, "step": step, "epoch": epoch,
+                              "data_order": {"sampler_seed": cfg.seed, "epoch": epoch,
+                                             "batches_done_in_epoch": step % self.steps_per_epoch, "world_size": self.world},
+                              "config": dataclasses.asdict(cfg)}, self.run_dir)
 
-    # Metrics of the steps since the last logging step: (loss, CE, penalty, J ratio, accuracy) as one float64
-    # device tensor per step (NaN where a method has no penalty or ratio), with host-side (epoch, lr, has_penalty,
-    # has_ratio). ``flush`` reads them all back at once.
-    pending: list = []
-    window_start = time.perf_counter()
-
-    def flush(log):
-        nonlocal pending, window_start
+    def flush(self, log) -> None:
+        """Read the pending steps' metrics back (one host read), check them, and write their records."""
+        pending = self.pending
         if not pending:
             return
         rows = torch.stack([p[0] for p in pending])
-        if world > 1:
+        if self.world > 1:
             dist.all_reduce(rows)
-            rows /= world
+            rows /= self.world
         rows = rows.tolist()  # the one host read of the window
-        seconds = (time.perf_counter() - window_start) / len(rows)
-        first = step - len(rows) + 1
+        self.pending = []
+        seconds = (time.perf_counter() - self.window_start) / len(rows)
+        first = self.step - len(rows) + 1
         for i, ((loss, ce, pen, lf, acc), (epoch, lr, has_pen, has_lf)) in enumerate(zip(rows, (p[1:] for p in pending))):
             if not (math.isfinite(loss) and math.isfinite(ce) and (math.isfinite(pen) or not has_pen)):
                 log.flush()
-                pending = []
                 values = f"loss {loss:.4g}, CE {ce:.4g}" + (f", penalty {pen:.4g}" if has_pen else "")
-                raise NonFiniteLossError(_divergence_message(cfg, first + i, epoch, values, run_dir, saved_step))
+                raise NonFiniteLossError(_divergence_message(self.cfg, first + i, epoch, values, self.run_dir,
+                                                             self.saved_step))
             rec = {"type": "step", "step": first + i, "epoch": epoch, "lr": lr, "loss": loss, "ce": ce,
                    "penalty": pen if has_pen else None, "lf_ratio": lf if has_lf else None, "acc": acc, "time_s": seconds}
-            history.append(rec)
+            self.history.append(rec)
             log.write(json.dumps(rec) + "\n")
-            if rec["step"] % steps_per_epoch == 0 or rec["step"] == total:
-                erec = _epoch_record(history, epoch, rec["step"])
-                history.append(erec)
+            if rec["step"] % self.steps_per_epoch == 0 or rec["step"] == self.total:
+                erec = _epoch_record(self.history, epoch, rec["step"])
+                self.history.append(erec)
                 log.write(json.dumps(erec) + "\n")
         log.flush()
-        bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", acc=f"{history[-1]['acc']:.2f}")
-        pending, window_start = [], time.perf_counter()
+        self.bar.set_postfix(loss=f"{self.history[-1]['loss']:.3f}", acc=f"{self.history[-1]['acc']:.2f}")
+        self.window_start = time.perf_counter()
 
-    nan = torch.tensor(math.nan, dtype=torch.float64, device=device)
-    bar = tqdm(total=total, initial=step, desc=f"train {cfg.method}", disable=not cfg.progress or rank != 0, dynamic_ncols=True)
-    order, order_epoch = None, -1
-    try:
-        with open(metrics_path, "a") if rank == 0 else open(os.devnull, "w") as log:
-            while step < total:
-                epoch, k = divmod(step, steps_per_epoch)
-                if epoch != order_epoch:
-                    sampler.set_epoch(epoch)
-                    order, order_epoch = torch.tensor(list(iter(sampler)), dtype=torch.long), epoch
-                x, y = get_batch(dataset, order[k * local_batch:(k + 1) * local_batch])
-                gen = _step_generator(cfg.seed, step, rank)
-                if cfg.augment:
-                    x = augment(x, info, gen)
-                x, y = _to_device(x, device, dtype), _to_device(y, device)
-                if cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                try:
-                    out = _objective(cfg, model, raw_model, x, y, gen, autocast_dtype, step)
-                except ValueError as exc:  # a penalty asked to raise on a non-finite J (nonfinite="raise")
-                    if "non-finite" not in str(exc):
-                        raise
-                    flush(log)  # an earlier bad step, if any, is the one to report
-                    raise NonFiniteLossError(_divergence_message(cfg, step + 1, epoch, "the Jacobian has NaN/Inf entries",
-                                                                 run_dir, saved_step)) from None
-                acc = (out.logits.argmax(1) == y).to(torch.float64).mean()
-                stats = torch.stack([out.loss.detach().to(torch.float64), out.ce.to(torch.float64),
-                                     nan if out.penalty is None else out.penalty.to(torch.float64),
-                                     nan if out.lf_ratio is None else out.lf_ratio.to(torch.float64), acc])
-                lr = optimizer.param_groups[0]["lr"]
-                optimizer.zero_grad(set_to_none=True)
-                try:
-                    out.loss.backward()
-                except RuntimeError as exc:
-                    if "differentiate twice" in str(exc) or "double backward" in str(exc).lower():
-                        raise DoubleBackwardError(f"the model has an op without a double backward ({exc}); method {cfg.method!r} "
-                                                  "needs one with jacobian_mode='double_backward': use "
-                                                  "jacobian_mode='finite_difference' (--jacobian-mode finite_difference)") from exc
-                    raise
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                pending.append((stats, epoch, lr, out.penalty is not None, out.lf_ratio is not None))
-                bar.update(1)
-                save_now = step % cfg.ckpt_every == 0 or step % steps_per_epoch == 0 or step == total
-                if save_now or step % cfg.log_every == 0:
-                    flush(log)  # before any checkpoint: a diverged model is never saved
-                if save_now:
-                    save()
-    finally:
-        bar.close()
-    if world > 1:
-        dist.barrier()
-    return TrainResult(raw_model.eval(), history, run_dir, step)
+    def _batch(self, order: torch.Tensor, k: int, gen: torch.Generator):
+        x, y = get_batch(self.dataset, order[k * self.local_batch:(k + 1) * self.local_batch])
+        if self.cfg.augment:
+            x = augment(x, self.info, gen)
+        x, y = _to_device(x, self.device, self.dtype), _to_device(y, self.device)
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def _optimizer_step(self, out) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        try:
+            out.loss.backward()
+        except RuntimeError as exc:
+            if "differentiate twice" in str(exc) or "double backward" in str(exc).lower():
+                raise DoubleBackwardError(f"the model has an op without a double backward ({exc}); method "
+                                          f"{self.cfg.method!r} needs one with jacobian_mode='double_backward': use "
+                                          "jacobian_mode='finite_difference' (--jacobian-mode finite_difference)") from exc
+            raise
+        self.optimizer.step()
+        self.scheduler.step()
+
+    def train(self) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        cfg, device = self.cfg, self.device
+        self.open()
+        nan = torch.tensor(math.nan, dtype=torch.float64, device=device)
+        self.bar = tqdm(total=self.total, initial=self.step, desc=f"train {cfg.method}",
+                        disable=not cfg.progress or self.rank != 0, dynamic_ncols=True)
+        order, order_epoch = None, -1
+        try:
+            with open(self.metrics_path, "a") if self.rank == 0 else open(os.devnull, "w") as log:
+                while self.step < self.total:
+                    step = self.step
+                    epoch, k = divmod(step, self.steps_per_epoch)
+                    if epoch != order_epoch:
+                        self.sampler.set_epoch(epoch)
+                        order, order_epoch = torch.tensor(list(iter(self.sampler)), dtype=torch.long), epoch
+                    gen = _step_generator(cfg.seed, step, self.rank)
+                    x, y = self._batch(order, k, gen)
+                    out = _objective(cfg, self.model, self.raw_model, x, y, gen, self.autocast_dtype, step)
+                    acc = (out.logits.argmax(1) == y).to(torch.float64).mean()
+                    stats = torch.stack([out.loss.detach().to(torch.float64), out.ce.to(torch.float64),
+                                         nan if out.penalty is None else out.penalty.to(torch.float64),
+                                         nan if out.lf_ratio is None else out.lf_ratio.to(torch.float64), acc])
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    self._optimizer_step(out)
+                    self.step += 1
+                    self.pending.append((stats, epoch, lr, out.penalty is not None, out.lf_ratio is not None))
+                    self.bar.update(1)
+                    save_now = (self.step % cfg.ckpt_every == 0 or self.step % self.steps_per_epoch == 0
+                                or self.step == self.total)
+                    if save_now or self.step % cfg.log_every == 0:
+                        self.flush(log)  # before any checkpoint: a diverged model is never saved
+                    if save_now:
+                        self.save()
+        finally:
+            self.bar.close()
+        if self.world > 1:
+            dist.barrier()
+        return TrainResult(self.raw_model.eval(), self.history, self.run_dir, self.step)
 
 
 def _divergence_message(cfg: TrainConfig, step: int, epoch: int, values: str, run_dir: str, saved_step: Optional[int]) -> str:
