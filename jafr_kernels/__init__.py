@@ -4,7 +4,7 @@
 ``jk.spectral_energy``, ``jk.radial_mask``, ``jk.mean_magnitude``) with Triton, C++/CUDA, C++/CPU and
 pure-PyTorch backends, and the training/evaluation layer under ``jk.train`` and ``jk.eval``.
 """
-from jafr_kernels.api import freq_penalty, low_freq_ratio, mean_magnitude, radial_mask, spectral_energy
+from jafr_kernels.api import freq_penalty, freq_penalty_and_grad, low_freq_ratio, mean_magnitude, radial_mask, spectral_energy
 from jafr_kernels.backends import BackendUnavailableError
 from jafr_kernels.reference import RadialBand
 

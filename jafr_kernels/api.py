@@ -306,3 +306,12 @@ def freq_penalty(
     if nonfinite == "raise":
         _raise_nonfinite(jac, result)
     return result
+
+
+def freq_penalty_and_grad(jac, cutoff=0.25, *, target="low", reduction="mean", backend="auto", nonfinite="propagate"):
+    """TEMPORARY composition (replaced by the fused op)."""
+    leaf = jac.detach().requires_grad_(True)
+    with torch.enable_grad():
+        pen = freq_penalty(leaf, cutoff, target=target, reduction=reduction, backend=backend, nonfinite=nonfinite)
+        (g,) = torch.autograd.grad(pen.sum(), leaf)
+    return pen.detach(), g

@@ -1,16 +1,20 @@
-"""Measurements behind the training layer's claims (``python -m jafr_kernels.train.measure``).
+"""How the ways of taking the JaFR gradient compare (``python scripts/jacobian_modes.py``).
 
-* ``spectrum``: same seed, steps and data; held-out low-frequency ratio of J for standard, JaFR (low, high)
-  and JaFR with finite differences, and the share of the double-backward increase that FD reaches.
-* ``cost``: interleaved timing of one standard, double-backward and finite-difference step on a batch.
-* ``cosine``: cosine between the FD and the exact (double-backward) parameter gradient of lam * P, float64.
+* ``effect``: for each seed, the same data, steps and initialisation; the held-out low-frequency ratio of J
+  (first 1000 test images) after a standard run and after JaFR (low target) with the exact double-backward
+  gradient, finite differences, lazy finite differences (every 4th step, weight 4 lam) and sub-batch finite
+  differences (a quarter of each batch). Each mode's *shift* is its ratio minus the standard run's; its
+  share is that shift over the exact mode's, per seed and over seeds.
+* ``cosine``: cosine between the finite-difference and the exact parameter gradient of lam * P, float64,
+  for smooth and ReLU models.
+
+The training steps' cost is measured by the benchmark suite (``python -m benchmarks --only training``).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -19,51 +23,34 @@ from torch import nn
 import jafr_kernels as jk
 from jafr_kernels.train.data import load_dataset
 from jafr_kernels.train.loop import TrainConfig, train_model
-from jafr_kernels.train.models import build_model
 from jafr_kernels.train.objective import jacobian_low_freq_ratio, jafr_objective
 
+MODES = {
+    "exact": dict(jacobian_mode="double_backward"),
+    "fd": dict(jacobian_mode="finite_difference"),
+    "lazy_fd_k4": dict(jacobian_mode="finite_difference", jafr_every=4),
+    "sub_fd_f0.25": dict(jacobian_mode="finite_difference", jafr_fraction=0.25),
+}
 
-def spectrum(steps: int = 100, lam: float = 0.1, seed: int = 0, fd_h: float = 0.01, out_dir: str = "runs/measure") -> dict:
-    """Held-out (first 1000 test images) J low-frequency ratio and median step time after ``steps`` steps."""
+
+def effect(seeds=(0, 1, 2), steps: int = 300, lam: float = 0.1, out_dir: str = "runs/jacobian_modes") -> dict:
+    """Held-out J low-frequency ratio per seed and mode, and each mode's shift as a share of the exact one's."""
     train, test = load_dataset("fashion_mnist", True), load_dataset("fashion_mnist", False)
     xt, yt = test.batch(torch.arange(1000))
-    runs = {"standard": dict(method="standard"), "jafr_low": dict(method="jafr", target="low"),
-            "jafr_high": dict(method="jafr", target="high"),
-            "jafr_low_fd": dict(method="jafr", target="low", jacobian_mode="finite_difference", fd_h=fd_h)}
-    result = {}
-    for name, kw in runs.items():
-        cfg = TrainConfig(max_steps=steps, lam=lam, seed=seed, out_dir=f"{out_dir}/{name}", progress=False, ckpt_every=10**9,
-                          overwrite=True, **kw)
-        res = train_model(cfg, train_set=train)
-        times = [r["time_s"] for r in res.history if r["type"] == "step"][3:]
-        result[name] = {"heldout_lf_ratio": jacobian_low_freq_ratio(res.model, xt, yt, 0.25),
-                        "median_step_s": statistics.median(times) if times else None}
-    gain_db = result["jafr_low"]["heldout_lf_ratio"] - result["standard"]["heldout_lf_ratio"]
-    gain_fd = result["jafr_low_fd"]["heldout_lf_ratio"] - result["standard"]["heldout_lf_ratio"]
-    result["fd_share_of_db_increase"] = gain_fd / gain_db if gain_db else None
-    return result
-
-
-def cost(width: int = 8, batch: int = 128, repeats: int = 12) -> dict:
-    """Median seconds per step (forward + backward) of standard CE, double-backward and FD JaFR, interleaved."""
-    train = load_dataset("fashion_mnist", True)
-    x, y = train.batch(torch.arange(batch))
-    torch.manual_seed(0)
-    model = build_model("small_cnn", width=width)
-    steps = {"standard": lambda: F.cross_entropy(model(x), y).backward(),
-             "double_backward": lambda: jafr_objective(model, x, y, 0.1).loss.backward(),
-             "finite_difference": lambda: jafr_objective(model, x, y, 0.1, jacobian_mode="finite_difference").loss.backward()}
-    times = {k: [] for k in steps}
-    for _ in range(repeats):
-        for k, step in steps.items():
-            t = time.perf_counter()
-            step()
-            times[k].append(time.perf_counter() - t)
-    med = {k: statistics.median(v[2:]) for k, v in times.items()}
-    med["fd_over_db"] = med["finite_difference"] / med["double_backward"]
-    med["db_over_standard"] = med["double_backward"] / med["standard"]
-    med["fd_over_standard"] = med["finite_difference"] / med["standard"]
-    return med
+    ratios: dict = {}
+    for seed in seeds:
+        runs = {"standard": dict(method="standard")} | {m: dict(method="jafr", **kw) for m, kw in MODES.items()}
+        for name, kw in runs.items():
+            cfg = TrainConfig(max_steps=steps, lam=lam, seed=seed, out_dir=f"{out_dir}/{name}/seed{seed}", progress=False,
+                              ckpt_every=10**9, overwrite=True, **kw)
+            model = train_model(cfg, train_set=train).model
+            ratios.setdefault(name, []).append(jacobian_low_freq_ratio(model, xt, yt, 0.25))
+            print(f"seed {seed} {name}: held-out lf ratio {ratios[name][-1]:.4f}", flush=True)
+    shifts = {m: [r - s for r, s in zip(ratios[m], ratios["standard"])] for m in MODES}
+    share = {m: [a / e for a, e in zip(shifts[m], shifts["exact"])] for m in MODES}
+    return {"steps": steps, "lam": lam, "seeds": list(seeds), "lf_ratio": ratios, "shift": shifts,
+            "share_of_exact_per_seed": share,
+            "share_of_exact_mean_shift": {m: statistics.mean(shifts[m]) / statistics.mean(shifts["exact"]) for m in MODES}}
 
 
 def _flat_grad(model, loss):
@@ -96,20 +83,18 @@ def cosine(hs=(1e-1, 1e-2, 1e-3, 1e-4), lam: float = 0.1) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jafr_kernels.train.measure", description=__doc__,
+    p = argparse.ArgumentParser(prog="python scripts/jacobian_modes.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("spectrum", "cost", "cosine", "all"))
-    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("what", choices=("effect", "cosine", "all"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lam", type=float, default=0.1)
-    p.add_argument("--width", type=int, default=8)
-    p.add_argument("--out", default="runs/measure")
+    p.add_argument("--out", default="runs/jacobian_modes")
     args = p.parse_args(argv)
     if args.what in ("cosine", "all"):
-        print(json.dumps({"cosine": cosine()}, indent=1), flush=True)
-    if args.what in ("cost", "all"):
-        print(json.dumps({"cost": cost(args.width)}, indent=1), flush=True)
-    if args.what in ("spectrum", "all"):
-        print(json.dumps({"spectrum": spectrum(args.steps, args.lam, out_dir=args.out)}, indent=1), flush=True)
+        print(json.dumps({"cosine": cosine(lam=args.lam)}, indent=1), flush=True)
+    if args.what in ("effect", "all"):
+        print(json.dumps({"effect": effect(tuple(args.seeds), args.steps, args.lam, args.out)}, indent=1), flush=True)
     return 0
 
 

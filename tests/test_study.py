@@ -45,7 +45,7 @@ def test_study_composes_the_training_configuration(tmp_path):
 
     args = build_parser().parse_args([
         "study", "--device", "cpu", "--methods", "standard", "jafr:low", "gradalign", "pgd", "--lam", "0.1", "0.3",
-        "--cutoff", "0.2", "--seeds", "2", "--bf16", "--fd-h", "0.02", "--jacobian-mode", "finite_difference",
+        "--cutoff", "0.2", "--seeds", "2", "--bf16", "--fd-h", "0.02", "--jacobian-mode", "double_backward", "--jafr-every", "2",
         "--lr-schedule", "constant", "--gradalign-lambda", "0.5", "--no-freeze-bn", "--no-augment", "--dtype", "float64",
         "--train-pgd-steps", "3", "--pgd-steps", "7", "--batch-size", "64"])
     cfg = _study_config(args).resolved()
@@ -55,11 +55,14 @@ def test_study_composes_the_training_configuration(tmp_path):
     tcs = {(r.folder): run_train_config(cfg, r, str(tmp_path)) for r in runs}
     jafr = tcs["jafr_low_lam0.3_cut0.2/seed1"]
     assert (jafr.method, jafr.target, jafr.lam, jafr.cutoff, jafr.seed) == ("jafr", "low", 0.3, 0.2, 1)
-    assert (jafr.fd_h, jafr.jacobian_mode, jafr.bf16, jafr.dtype, jafr.batch_size) == (0.02, "finite_difference", True, "float64", 64)
+    assert (jafr.fd_h, jafr.jacobian_mode, jafr.jafr_every, jafr.bf16, jafr.dtype, jafr.batch_size) == (
+        0.02, "double_backward", 2, True, "float64", 64)
     assert (jafr.lr_schedule, jafr.freeze_bn, jafr.augment) == ("constant", False, False)
     std = tcs["standard/seed0"]
     # fields a method does not use are reset, so baselines do not change with the JaFR settings
-    assert (std.lam, std.cutoff, std.jacobian_mode, std.fd_h, std.pgd_steps) == (0.1, 0.25, "double_backward", 0.01, 10)
+    defaults = TrainConfig()
+    assert (std.lam, std.cutoff, std.jacobian_mode, std.jafr_every, std.fd_h, std.pgd_steps) == (
+        0.1, 0.25, defaults.jacobian_mode, defaults.jafr_every, 0.01, 10)
     assert (std.bf16, std.lr_schedule, std.batch_size) == (True, "constant", 64)
     assert tcs["gradalign/seed0"].gradalign_lambda == 0.5 and std.gradalign_lambda == 0.2
     assert tcs["pgd/seed1"].pgd_steps == 3

@@ -54,8 +54,9 @@ def test_each_method_lowers_the_training_loss_in_30_steps(tmp_path, fmnist, meth
     first = sum(r["loss"] for r in steps[:5]) / 5
     last = sum(r["loss"] for r in steps[-5:]) / 5
     assert last < first - 0.2, f"{method}: loss {first:.3f} -> {last:.3f}"
-    if method.endswith("jafr"):
-        assert all(r["penalty"] is not None and 0 <= r["lf_ratio"] <= 1 for r in steps)
+    if method.endswith("jafr"):  # the term on every jafr_every-th step (lazy by default)
+        every = cfg.resolved().jafr_every
+        assert all((r["penalty"] is not None and 0 <= r["lf_ratio"] <= 1) == ((r["step"] - 1) % every == 0) for r in steps)
 
 
 @pytest.mark.parametrize("kind", ["fgsm", "pgd"])
@@ -120,7 +121,7 @@ def test_jafr_divergence_names_the_penalty_and_lam(tmp_path, fmnist):
     torch.manual_seed(0)
     model = NaNAfter(build_model("small_cnn", 1, 10), n=3)
     cfg = TrainConfig(method="jafr", max_steps=6, batch_size=32, train_subset=512, out_dir=str(tmp_path), progress=False,
-                      ckpt_every=1)
+                      ckpt_every=1, jacobian_mode="double_backward", jafr_every=1)
     with pytest.raises(NonFiniteLossError, match=r"step 3 .*penalty nan.*--lam \(now 0.1\)|step 3 .*Jacobian"):
         train_model(cfg, model=model, train_set=fmnist)
     assert load_checkpoint(str(tmp_path / "last.pt"))["step"] == 2
@@ -163,7 +164,8 @@ def _crash_hook(n):
 def test_resume_in_process_is_bit_exact(tmp_path, fmnist, method):
     """A run interrupted after its step-5 checkpoint and resumed ends with the same weights, optimizer state
     and per-step losses as an uninterrupted run (2 epochs, so the resume also crosses an epoch boundary)."""
-    kw = dict(method=method, epochs=2, batch_size=32, train_subset=128, progress=False, ckpt_every=1, pgd_steps=2)
+    kw = dict(method=method, epochs=2, batch_size=32, train_subset=128, progress=False, ckpt_every=1, pgd_steps=2,
+              jacobian_mode="double_backward", jafr_every=1)
     full = train_model(TrainConfig(out_dir=str(tmp_path / "full"), **kw), train_set=fmnist)
     cfg = TrainConfig(out_dir=str(tmp_path / "cut"), **kw)
     with torch.random.fork_rng(devices=[]):
@@ -301,7 +303,7 @@ def test_double_backward_on_a_first_order_model_names_the_fix(tmp_path, fmnist):
 
     kw = dict(method="jafr", model="small_cnn_first_order", max_steps=2, batch_size=32, train_subset=128, progress=False)
     with pytest.raises(DoubleBackwardError, match="finite_difference"):
-        train_model(TrainConfig(out_dir=str(tmp_path / "db"), **kw), train_set=fmnist)
+        train_model(TrainConfig(out_dir=str(tmp_path / "db"), jacobian_mode="double_backward", **kw), train_set=fmnist)
     res = train_model(TrainConfig(out_dir=str(tmp_path / "fd"), jacobian_mode="finite_difference", **kw), train_set=fmnist)
     assert res.step == 2
 
@@ -321,13 +323,13 @@ def test_lazy_and_sub_batch_runs_are_recorded(tmp_path, fmnist):
 
 def test_compiled_channels_last_finite_difference_run(tmp_path, fmnist):
     """--compile and --channels-last train with finite differences; a double backward with --compile is refused."""
-    res = train_model(TrainConfig(method="jafr", jacobian_mode="finite_difference", compile=True, channels_last=True,
+    res = train_model(TrainConfig(method="jafr", jacobian_mode="finite_difference", jafr_every=1, compile=True, channels_last=True,
                                   max_steps=2, batch_size=16, train_subset=64, out_dir=str(tmp_path / "c"),
                                   progress=False, augment=False), train_set=fmnist)
     steps = [r for r in res.history if r["type"] == "step"]
     assert len(steps) == 2 and all(math.isfinite(r["loss"]) and r["penalty"] is not None for r in steps)
     with pytest.raises(ValueError, match="compile.*finite_difference"):
-        TrainConfig(method="jafr", compile=True).resolved()
+        TrainConfig(method="jafr", jacobian_mode="double_backward", compile=True).resolved()
     with pytest.raises(ValueError, match="jafr_fraction"):
         TrainConfig(jafr_fraction=0).resolved()
     with pytest.raises(ValueError, match="jafr_every"):
