@@ -26,10 +26,10 @@ from jafr_kernels.train.loop import TrainConfig, train_model
 from jafr_kernels.train.objective import jacobian_low_freq_ratio, jafr_objective
 
 MODES = {
-    "exact": dict(jacobian_mode="double_backward"),
-    "fd": dict(jacobian_mode="finite_difference"),
+    "exact": dict(jacobian_mode="double_backward", jafr_every=1),
+    "fd": dict(jacobian_mode="finite_difference", jafr_every=1),
     "lazy_fd_k4": dict(jacobian_mode="finite_difference", jafr_every=4),
-    "sub_fd_f0.25": dict(jacobian_mode="finite_difference", jafr_fraction=0.25),
+    "sub_fd_f0.25": dict(jacobian_mode="finite_difference", jafr_every=1, jafr_fraction=0.25),
 }
 
 
