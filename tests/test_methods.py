@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 
 from jafr_kernels.train import TrainConfig
-from jafr_kernels.train.loop import METHODS as LOOP_METHODS
+from jafr_kernels.train.loop import CHOICES
 from jafr_kernels.train.methods import (
     DEFAULT_STUDY,
     METHOD_NAMES,
@@ -39,7 +39,7 @@ def test_parse_rejects_bad_specs():
 
 
 def test_registry_drives_the_training_loop():
-    assert LOOP_METHODS == METHOD_NAMES
+    assert CHOICES["method"] == METHOD_NAMES
     for name in METHOD_NAMES:
         assert TrainConfig(method=name).resolved().method == name
         assert set(get_method(name).unused_fields) <= {f.name for f in dataclasses.fields(TrainConfig)}

@@ -19,9 +19,9 @@ def register(subparsers) -> None:
         "to --out. Under torchrun each process takes batch-size/N samples of every global batch.",
         formatter_class=DefaultsFormatter,
     )
-    from jafr_kernels.train.loop import METHODS
+    from jafr_kernels.train.methods import METHOD_NAMES
 
-    p.add_argument("--method", default="jafr", choices=METHODS, help="training method")
+    p.add_argument("--method", default="jafr", choices=METHOD_NAMES, help="training method")
     p.add_argument("--dataset", default="fashion_mnist", choices=DATASETS,
                    help="fashion_mnist is embedded; the others are read from --data-dir")
     p.add_argument("--model", default="small_cnn", choices=MODELS,

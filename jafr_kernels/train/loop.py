@@ -39,12 +39,19 @@ from jafr_kernels import attacks
 from jafr_kernels.train import checkpoint as ckpt
 from jafr_kernels.train.data import augment, dataset_info, get_batch, load_dataset, TensorImageDataset
 from jafr_kernels.train.device import choose_device, init_distributed, world_from_env
-from jafr_kernels.train.methods import METHOD_NAMES as METHODS, default_lambda, get_method
+from jafr_kernels.train.methods import FORMULATIONS, METHOD_NAMES, TARGETS, default_lambda, get_method
 from jafr_kernels.train.models import MODELS, build_model
 from jafr_kernels.train.objective import (JACOBIAN_MODES, ce_objective, frozen_bn_stats, gradalign_objective,
                                           jafr_objective)
 
 RUN_FILES = ("config.json", "metrics.jsonl", ckpt.LAST, ckpt.PREV, "eval.json")  # what --overwrite removes
+
+
+LR_SCHEDULES = ("cyclic", "constant")
+DTYPES = ("float32", "float64")
+# The allowed values of every TrainConfig field that has a fixed set (checked here, offered by the CLIs).
+CHOICES = {"method": METHOD_NAMES, "model": MODELS, "jacobian_mode": JACOBIAN_MODES, "target": TARGETS,
+           "formulation": FORMULATIONS, "lr_schedule": LR_SCHEDULES, "dtype": DTYPES}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -125,13 +132,8 @@ class TrainConfig:
         """A copy with the ``None`` defaults filled in and every field checked (``ValueError`` naming it)."""
         info = dataset_info(self.dataset)
         cfg = dataclasses.replace(self, dataset=info.name)
-        _choice("method", cfg.method, METHODS)
-        _choice("model", cfg.model, MODELS)
-        _choice("jacobian_mode", cfg.jacobian_mode, JACOBIAN_MODES)
-        _choice("target", cfg.target, ("low", "high"))
-        _choice("formulation", cfg.formulation, ("ratio", "official"))
-        _choice("lr_schedule", cfg.lr_schedule, ("cyclic", "constant"))
-        _choice("dtype", cfg.dtype, ("float32", "float64"))
+        for name, allowed in CHOICES.items():
+            _choice(name, getattr(cfg, name), allowed)
         for name in ("epochs", "batch_size", "ckpt_every", "log_every", "pgd_steps", "jafr_every"):
             _at_least(name, getattr(cfg, name), 1)
         for name in ("max_steps", "train_subset"):
