@@ -279,3 +279,47 @@ def test_triton_launch_budget():
 def test_large_planes_have_no_host_sync(backend):
     """The FFT path (planes above 64x64) is sync-free too."""
     _sync_free(lambda t: jk.freq_penalty(t, CUTOFF, backend=backend), make_input((8, 3, 224, 224), seed=12))
+
+
+@pytest.mark.parametrize("method", ["fgsm+jafr", "pgd+jafr"])
+@pytest.mark.parametrize("mode", ["finite_difference", "double_backward"])
+def test_adversarial_jafr_step_has_no_host_sync(method, mode):
+    """A whole adversarial JaFR step (attack, objective, backward, optimizer) never waits for the GPU."""
+    from jafr_kernels.train import TrainConfig, build_model
+    from jafr_kernels.train.loop import _objective
+
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 1, 10).cuda().train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    cfg = TrainConfig(method=method, jacobian_mode=mode, jafr_every=1, pgd_steps=2).resolved()
+    x, y = torch.rand(32, 1, 28, 28, device="cuda"), torch.randint(0, 10, (32,), device="cuda")
+
+    def step():
+        out = _objective(cfg, model, model, x, y, torch.Generator().manual_seed(0), None)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+
+    step()  # warm-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+
+
+def test_pgd_restart_selection_has_no_host_sync():
+    from jafr_kernels import attacks
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10)).cuda()
+    x, y = torch.rand(16, 1, 28, 28, device="cuda"), torch.randint(0, 10, (16,), device="cuda")
+    attacks.pgd(model, x, y, 0.1, 0.025, 2, restarts=3)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        attacks.pgd(model, x, y, 0.1, 0.025, 2, restarts=3, generator=None)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
