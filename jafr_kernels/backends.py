@@ -49,6 +49,11 @@ class Kernels(Protocol):
                        complement: bool, value: Tensor, stats: Tensor) -> Tensor:
         """Gradient of ``sum(grad * value)``, dtype of x."""
 
+    def ratio_and_grad(self, x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, complement: bool,
+                       scale: float) -> tuple[Tensor, Tensor]:
+        """``(value (B,), dx)``: the fused ratio's value and the gradient of ``scale * sum(value)`` (dtype of x), in
+        one pass over x where the backend can (its small-plane path), with no host read."""
+
 
 @dataclass(frozen=True)
 class Backend:
