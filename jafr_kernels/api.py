@@ -69,6 +69,8 @@ def _check_weight(weight: Tensor, x: Tensor) -> Tensor:
         raise ValueError(f"weight map is on {weight.device} but the input is on {x.device}; move them to one device")
     if weight.is_complex() or not weight.is_floating_point():
         raise TypeError(f"weight map must be a real floating tensor, got dtype {weight.dtype}")
+    if torch._C._functorch.is_functorch_wrapped_tensor(weight):  # mapped by vmap, or differentiated by torch.func
+        raise ValueError(ops.MAPPED_WEIGHT)
     if not torch.compiler.is_compiling():  # one host read per call with a weight map (radial bands need none)
         nonfinite, negative = torch.stack([~torch.isfinite(weight).all(), (weight < 0).any()]).tolist()
         if nonfinite:

@@ -169,10 +169,13 @@ class _BandRatio(torch.autograd.Function):
         return (value.unflatten(0, xs.shape[:2]), stats.unflatten(0, xs.shape[:2])), (0, 0)
 
 
+MAPPED_WEIGHT = ("torch.func transforms (vmap, grad) over the weight map are not supported: it is a constant of the "
+                 "penalty; map over, or differentiate with respect to, the Jacobian only")
+
+
 def _refuse_mapped_weight(in_dim):
     if in_dim is not None:
-        raise ValueError("vmap over the weight map of a penalty is not supported: map over the Jacobian only "
-                         "(or use backend='reference', which vmap traces op by op)")
+        raise ValueError(MAPPED_WEIGHT)
 
 
 def _fold(t, in_dim, size):
