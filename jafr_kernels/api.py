@@ -9,6 +9,7 @@ fused op (:func:`jafr_kernels.ops.band_ratio`), so the default path of :func:`fr
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Union
 
 import torch
@@ -81,12 +82,17 @@ def _check_weight(weight: Tensor, x: Tensor) -> Tensor:
 
 
 def as_mask(mask, x: Tensor):
-    """``(weight or None, band or None)`` from a weight map, a RadialBand or a float cutoff (low band)."""
-    if isinstance(mask, Tensor):
-        return _check_weight(mask, x), None
+    """``(weight or None, band or None)`` from a weight map, a RadialBand or a cutoff (low band): a number, or a
+    0-d tensor or array holding one."""
     if isinstance(mask, RadialBand):
         return None, check_band(mask)
-    if isinstance(mask, (int, float)) and not isinstance(mask, bool):
+    if getattr(mask, "ndim", None) == 0 and not isinstance(mask, bool):  # 0-d tensor or NumPy scalar/array
+        if isinstance(mask, Tensor) and (mask.is_complex() or mask.dtype == torch.bool):
+            raise TypeError(f"cutoff must be a real number, got a 0-d tensor of dtype {mask.dtype}")
+        return None, RadialBand.low(_check_cutoff(mask, "cutoff"))
+    if isinstance(mask, Tensor):
+        return _check_weight(mask, x), None
+    if isinstance(mask, numbers.Real) and not isinstance(mask, bool):
         return None, RadialBand.low(_check_cutoff(mask, "cutoff"))
     raise TypeError(f"mask must be a weight map tensor (H, W//2+1), a RadialBand or a float cutoff, got {type(mask).__name__}")
 
