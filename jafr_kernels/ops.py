@@ -10,6 +10,9 @@ The fused ratio, the default path of every penalty call, has a second, lighter r
 took 108 us of host time on a 2-core CPU against 58 us through the Function, and at Jacobian sizes host time
 per call is what a GPU call costs. Compiled code always goes through the registered op. Both routes share
 the same forward/backward functions below.
+
+``jafr::band_ratio_and_grad`` returns the ratio and its gradient together, from one pass over x, for callers
+that need ``dP/dJ`` with J held fixed; it has no autograd formula (it is not differentiable).
 """
 from __future__ import annotations
 
