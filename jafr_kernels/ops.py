@@ -167,9 +167,9 @@ class _BandRatio(torch.autograd.Function):
     @staticmethod
     def vmap(info, in_dims, x, weight, q_lo, q_hi, complement, backend):
         _refuse_mapped_weight(in_dims[1])
-        xs = x.movedim(in_dims[0], 0)
-        value, stats = _BandRatio.apply(xs.flatten(0, 1).contiguous(), weight, q_lo, q_hi, complement, backend)
-        return (value.unflatten(0, xs.shape[:2]), stats.unflatten(0, xs.shape[:2])), (0, 0)
+        size = info.batch_size
+        value, stats = _BandRatio.apply(_fold(x, in_dims[0], size), weight, q_lo, q_hi, complement, backend)
+        return (value.unflatten(0, (size, -1)), stats.unflatten(0, (size, -1))), (0, 0)
 
 
 MAPPED_WEIGHT = ("torch.func transforms (vmap, grad) over the weight map are not supported: it is a constant of the "
@@ -213,6 +213,7 @@ class _BandRatioGrad(torch.autograd.Function):
 
 
 def _ratio_grad_vmappable(grad, x, weight, q_lo, q_hi, complement, value, stats, backend):
+    """The ratio's backward; through :class:`_BandRatioGrad` only under torch.func transforms (it costs host time)."""
     if torch._C._are_functorch_transforms_active():
         return _BandRatioGrad.apply(grad, x, weight, q_lo, q_hi, complement, value, stats, backend)
     return _ratio_grad(grad, x, weight, q_lo, q_hi, complement, value, stats, backend)
