@@ -367,7 +367,7 @@ def freq_penalty_and_grad(
             leaf = jac.detach().requires_grad_(True)
             per_sample = _ratio(leaf, weight, band, 2, complement, backend)
             (grad,) = torch.autograd.grad(reference._reduce(per_sample, "sum" if reduction == "none" else reduction), leaf)
-        per_sample = per_sample.detach()
+        per_sample, grad = per_sample.detach(), grad.contiguous()  # autograd follows jac's strides
     else:
         scale = 1.0 / jac.shape[0] if reduction == "mean" else 1.0
         per_sample, grad = ops.band_ratio_and_grad(jac.contiguous(), weight, *_q_limits(band, jac), complement, scale,
