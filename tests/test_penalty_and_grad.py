@@ -154,6 +154,8 @@ def test_opcheck_and_compile():
     weight = torch.rand(9, 4)
     for args in ((x, None, q_lo, q_hi, True, 0.5, "cpu"), (x, weight, 0, reference.Q_MAX, False, 1.0, "cpu")):
         torch.library.opcheck(ops.band_ratio_and_grad_op, args)
+        for path in (0, 3):  # the extension's own op, auto and fused
+            torch.library.opcheck(torch.ops.jafr_cpp.band_ratio_and_grad, (*args[:-1], path))
     torch._dynamo.reset()
     fn = torch.compile(lambda j: jk.freq_penalty_and_grad(j, 0.25, backend="cpu"), fullgraph=True)
     penalty, grad = fn(x)
