@@ -344,6 +344,25 @@ at::Tensor band_ratio_backward(const at::Tensor& grad, const at::Tensor& x, cons
   return st.ratio_combine(syn, true, xc, g, val, sts, complement);
 }
 
+// (value, dx = scale * d value / dx) in one call, the gradient of sum_b scale * value_b without an autograd graph.
+// Launches (CUDA): fused, 1 (each plane's band spectrum feeds both); otherwise the forward and the backward
+// above, composed (the backward's grad is `scale` expanded, no copy).
+std::tuple<at::Tensor, at::Tensor> band_ratio_and_grad(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                                                       int64_t q_lo, int64_t q_hi, bool complement, double scale,
+                                                       int64_t path, const Stages& st) {
+  check_planes(x, "x");
+  const at::Tensor xc = x.contiguous();
+  const Bins b = make_bins(xc, weight, q_lo, q_hi, path, true, st);
+  const auto acc = xc.options().dtype(compute_type(xc));
+  if (b.fused)
+    return st.fused_ratio_and_grad(xc, b, column_twiddles(b, acc), row_twiddles(b, acc), complement, scale);
+  const auto fwd = band_ratio(xc, weight, q_lo, q_hi, complement, path, st);
+  const at::Tensor grad = at::full({1}, scale, acc).expand({x.size(0)});
+  const at::Tensor dx = band_ratio_backward(grad, xc, weight, q_lo, q_hi, complement, std::get<0>(fwd),
+                                            std::get<1>(fwd), path, st);
+  return {std::get<0>(fwd), dx};
+}
+
 }  // namespace jafr
 
 // ---------------------------------------------------------------------------------------------- registration
@@ -365,6 +384,11 @@ TORCH_LIBRARY(jafr_cpp, m) {
   m.def(
       "band_ratio_backward(Tensor grad, Tensor x, Tensor? weight, int q_lo, int q_hi, bool complement, Tensor value, "
       "Tensor stats, int path) -> Tensor");
+  // (value, dx): band_ratio's value and the gradient of sum(scale * value) with respect to x (x's dtype), in one
+  // pass over x; not differentiable itself.
+  m.def(
+      "band_ratio_and_grad(Tensor x, Tensor? weight, int q_lo, int q_hi, bool complement, float scale, int path) "
+      "-> (Tensor, Tensor)");
 }
 
 namespace {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <tuple>
@@ -91,6 +92,9 @@ struct Stages {
   at::Tensor (*fused_ratio_backward)(const at::Tensor& grad, const at::Tensor& x, const Bins& bins,
                                      const at::Tensor& cw, const at::Tensor& rw, bool complement,
                                      const at::Tensor& value, const at::Tensor& stats);
+  // The fused ratio's value and gradient in one routine: (value (B,), dx = scale * d value / dx).
+  std::tuple<at::Tensor, at::Tensor> (*fused_ratio_and_grad)(const at::Tensor& x, const Bins& bins, const at::Tensor& cw,
+                                                             const at::Tensor& rw, bool complement, double scale);
 };
 
 const Stages& cpu_stages();
@@ -113,32 +117,56 @@ std::tuple<at::Tensor, at::Tensor> band_ratio(const at::Tensor& x, const c10::op
 at::Tensor band_ratio_backward(const at::Tensor& grad, const at::Tensor& x, const c10::optional<at::Tensor>& weight,
                                int64_t q_lo, int64_t q_hi, bool complement, const at::Tensor& value,
                                const at::Tensor& stats, int64_t path, const Stages& st);
+std::tuple<at::Tensor, at::Tensor> band_ratio_and_grad(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                                                       int64_t q_lo, int64_t q_hi, bool complement, double scale,
+                                                       int64_t path, const Stages& st);
 
 // The ops bound to one device's stages, for TORCH_LIBRARY_IMPL(jafr_cpp, <key>, m) { OpsOn<...>::impl(m); }.
+// Each op excludes autocast for its body: the maths run in fp32 (fp64) by design, and an autocast region
+// around a call would otherwise recast the op's inner GEMMs to bf16/fp16.
+struct NoAutocast {
+  c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
+};
+
 template <const Stages& (*S)()>
 struct OpsOn {
   static at::Tensor energy_op(const at::Tensor& x, const c10::optional<at::Tensor>& weight, int64_t q_lo,
                               int64_t q_hi, int64_t power, int64_t path) {
+    const NoAutocast no_autocast;
     return energy(x, weight, q_lo, q_hi, power, path, S());
   }
   static at::Tensor energy_backward_op(const at::Tensor& grad, const at::Tensor& x,
                                        const c10::optional<at::Tensor>& weight, int64_t q_lo, int64_t q_hi,
                                        int64_t power, int64_t path) {
+    const NoAutocast no_autocast;
     return energy_backward(grad, x, weight, q_lo, q_hi, power, path, S());
   }
-  static at::Tensor mean_magnitude_op(const at::Tensor& x) { return mean_magnitude(x); }
+  static at::Tensor mean_magnitude_op(const at::Tensor& x) {
+    const NoAutocast no_autocast;
+    return mean_magnitude(x);
+  }
   static at::Tensor mean_magnitude_backward_op(const at::Tensor& grad, const at::Tensor& x) {
+    const NoAutocast no_autocast;
     return mean_magnitude_backward(grad, x, S());
   }
   static std::tuple<at::Tensor, at::Tensor> band_ratio_op(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
                                                           int64_t q_lo, int64_t q_hi, bool complement, int64_t path) {
+    const NoAutocast no_autocast;
     return band_ratio(x, weight, q_lo, q_hi, complement, path, S());
   }
   static at::Tensor band_ratio_backward_op(const at::Tensor& grad, const at::Tensor& x,
                                            const c10::optional<at::Tensor>& weight, int64_t q_lo, int64_t q_hi,
                                            bool complement, const at::Tensor& value, const at::Tensor& stats,
                                            int64_t path) {
+    const NoAutocast no_autocast;
     return band_ratio_backward(grad, x, weight, q_lo, q_hi, complement, value, stats, path, S());
+  }
+  static std::tuple<at::Tensor, at::Tensor> band_ratio_and_grad_op(const at::Tensor& x,
+                                                                   const c10::optional<at::Tensor>& weight, int64_t q_lo,
+                                                                   int64_t q_hi, bool complement, double scale,
+                                                                   int64_t path) {
+    const NoAutocast no_autocast;
+    return band_ratio_and_grad(x, weight, q_lo, q_hi, complement, scale, path, S());
   }
   static void impl(torch::Library& m) {
     m.impl("energy", TORCH_FN(energy_op));
@@ -147,6 +175,7 @@ struct OpsOn {
     m.impl("mean_magnitude_backward", TORCH_FN(mean_magnitude_backward_op));
     m.impl("band_ratio", TORCH_FN(band_ratio_op));
     m.impl("band_ratio_backward", TORCH_FN(band_ratio_backward_op));
+    m.impl("band_ratio_and_grad", TORCH_FN(band_ratio_and_grad_op));
   }
 };
 

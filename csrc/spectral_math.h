@@ -726,4 +726,91 @@ struct FusedRatioBackward {
   }
 };
 
+
+// Value and gradient in one pass: value_b and dx_b = scale * d value_b / dx_b, in x's dtype. Item: sample b.
+// Each plane's band spectrum serves both: its energy feeds value_b, and its band gradient (unit coefficient,
+// G = 2 h_v m X) is synthesised at once into `syn` (T, x's layout; dx itself when in_t is T), because the
+// sample's coefficients k_b, c2_b are known only after its last plane. A final pass over the sample forms
+// dx = 2^e (k syn - c2 x'). Six barriers per plane, two reductions, one pass over syn.
+template <typename in_t, typename T>
+struct FusedRatioValueGrad {
+  const in_t* x;
+  int C;
+  Band<T> band;
+  FusedTables<T> tab;
+  bool complement;
+  T scale;
+  T* value;
+  T* syn;
+  in_t* dx;
+
+  int64_t work_elems() const { return FusedLayout{band.H, band.W, band.U(), band.V}.elems(true); }
+
+  template <class Block>
+  JAFR_HD void operator()(int64_t b, const Block& blk, T* work) const {
+    const FusedLayout L{band.H, band.W, band.U(), band.V};
+    const int H = L.H, W = L.W, U = L.U, V = L.V, YS = L.ys_stride();
+    const int64_t HW = static_cast<int64_t>(H) * W;
+    const in_t* xb = x + b * C * HW;
+    T* sb = syn + b * C * HW;
+    in_t* db = dx + b * C * HW;
+    const double m = sample_max_abs(xb, C * HW, blk);
+    if (!is_finite(m)) {  // +-Inf in the sample (block-uniform): value and gradient NaN
+      if (blk.thread() == 0) value[b] = quiet_nan<T>();
+      for (int64_t k = blk.thread(); k < C * HW; k += blk.threads()) db[k] = static_cast<in_t>(quiet_nan<T>());
+      return;
+    }
+    const int e = pow2_exponent(m);
+    const Pow2<T> s(e);
+    T* xs = work;
+    T* y = work + L.plane_elems();  // Y, then Z
+    T* g = y + L.y_elems();
+    double e_low = 0.0, sumsq = 0.0;
+    for (int c = 0; c < C; ++c) {
+      blk.sync();  // the previous plane's synthesis has finished reading Z
+      sumsq += fused_load_plane(xb + c * HW, s, L, xs, blk);
+      blk.sync();
+      fused_column_dft(xs, L, tab, y, blk);
+      blk.sync();
+      blk.for_2d(U, V, [&](int i, int v) {
+        const T w = band.energy_weight(i, v);
+        T re = 0, im = 0;
+        if (w != T(0)) {
+          fused_row_dft(y, L, tab, i, v, &re, &im);
+          e_low += static_cast<double>(w * bin_energy(re, im, 2));
+        }
+        bin_energy_grad(re, im, w, 2, g + i * V + v, g + U * V + i * V + v);
+      });
+      blk.sync();
+      blk.for_2d(V, H, [&](int v, int h) {  // Z[v][h] = sum_i G[i][v] conj(rw[i][h]), over Y
+        T zr = 0, zi = 0;
+        for (int i = 0; i < U; ++i) {
+          const T gr = g[i * V + v], gi = g[U * V + i * V + v];
+          const T rr = tab.rw[i * H + h], ri = tab.rw[(U + i) * H + h];
+          zr += gr * rr + gi * ri;
+          zi += gi * rr - gr * ri;
+        }
+        y[v * YS + h] = zr;
+        y[(V + v) * YS + h] = zi;
+      });
+      blk.sync();
+      blk.for_2d(H, W, [&](int h, int w) {  // syn = Re sum_v Z[v][h] conj(cw[v][w])
+        T acc = 0;
+        for (int v = 0; v < V; ++v)
+          acc += y[v * YS + h] * tab.cw[v * W + w] + y[(V + v) * YS + h] * tab.cw[(V + v) * W + w];
+        sb[c * HW + h * W + w] = acc;
+      });
+    }
+    e_low = blk.sum(e_low);  // also the barrier after the last synthesis: syn is complete below
+    sumsq = blk.sum(sumsq);
+    const double e_all = static_cast<double>(HW) * sumsq;  // NaN when the sample holds NaN
+    const T val = ratio_value<T>(e_low, e_all, complement);
+    if (blk.thread() == 0) value[b] = val;
+    // All-zero sample: k = c2 = 0 (zero gradient); NaN sample: NaN.
+    const RatioGrad<T> coef(scale, val, static_cast<T>(e_all), complement, HW);
+    for (int64_t k = blk.thread(); k < C * HW; k += blk.threads())
+      db[k] = static_cast<in_t>(s.apply(coef.k * sb[k] - coef.c2 * s.apply(static_cast<T>(xb[k]))));
+  }
+};
+
 }  // namespace jafr

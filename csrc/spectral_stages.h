@@ -187,9 +187,33 @@ struct StageImpl {
     return dx;
   }
 
+  static std::tuple<at::Tensor, at::Tensor> fused_ratio_and_grad(const at::Tensor& x, const Bins& bins,
+                                                                  const at::Tensor& cw, const at::Tensor& rw,
+                                                                  bool complement, double scale) {
+    const int64_t B = x.size(0);
+    const auto acc = x.options().dtype(compute_type(x.scalar_type()));
+    at::Tensor value = at::empty({B}, acc), dx = at::empty(x.sizes(), x.options());
+    // The unit band gradient is synthesised into dx itself when it has the compute dtype, else into a buffer.
+    at::Tensor syn = x.scalar_type() == acc.dtype().toScalarType() ? dx : at::empty(x.sizes(), acc);
+    JAFR_DISPATCH_INPUT(x.scalar_type(), "jafr_fused_ratio_and_grad", [&] {
+      const FusedRatioValueGrad<in_t, T> r{x.data_ptr<in_t>(),
+                                           static_cast<int>(x.size(1)),
+                                           bins.band<T>(),
+                                           {cw.data_ptr<T>(), rw.data_ptr<T>()},
+                                           complement,
+                                           static_cast<T>(scale),
+                                           value.data_ptr<T>(),
+                                           syn.data_ptr<T>(),
+                                           dx.data_ptr<in_t>()};
+      Exec::template run<T>(B, r, x);
+    });
+    return {value, dx};
+  }
+
   static Stages table() {
-    return Stages{&band_table,  Exec::kFusedByDefault, &energy,        &energy_grad, &phasor, &scale,
-                  &ratio_value, &ratio_grad,           &ratio_combine, &fused_ratio, &fused_ratio_backward};
+    return Stages{&band_table,    Exec::kFusedByDefault, &energy,      &energy_grad,          &phasor,
+                  &scale,         &ratio_value,          &ratio_grad,  &ratio_combine,        &fused_ratio,
+                  &fused_ratio_backward, &fused_ratio_and_grad};
   }
 };
 

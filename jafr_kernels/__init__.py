@@ -1,10 +1,17 @@
 """jafr_kernels: Jacobian Frequency Regularization (JaFR) for image classifiers.
 
-``import jafr_kernels as jk`` gives the spectral API (``jk.freq_penalty``, ``jk.low_freq_ratio``,
+``import jafr_kernels as jk`` gives the spectral API (``jk.freq_penalty``, ``jk.freq_penalty_and_grad``, ``jk.low_freq_ratio``,
 ``jk.spectral_energy``, ``jk.radial_mask``, ``jk.mean_magnitude``) with Triton, C++/CUDA, C++/CPU and
 pure-PyTorch backends, and the training/evaluation layer under ``jk.train`` and ``jk.eval``.
 """
-from jafr_kernels.api import freq_penalty, freq_penalty_and_grad, low_freq_ratio, mean_magnitude, radial_mask, spectral_energy
+from jafr_kernels.api import (
+    freq_penalty,
+    freq_penalty_and_grad,
+    low_freq_ratio,
+    mean_magnitude,
+    radial_mask,
+    spectral_energy,
+)
 from jafr_kernels.backends import BackendUnavailableError
 from jafr_kernels.reference import RadialBand
 
@@ -14,6 +21,7 @@ __all__ = [
     "BackendUnavailableError",
     "RadialBand",
     "freq_penalty",
+    "freq_penalty_and_grad",
     "low_freq_ratio",
     "mean_magnitude",
     "radial_mask",

@@ -9,6 +9,7 @@ fused op (:func:`jafr_kernels.ops.band_ratio`), so the default path of :func:`fr
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Union
 
 import torch
@@ -69,6 +70,8 @@ def _check_weight(weight: Tensor, x: Tensor) -> Tensor:
         raise ValueError(f"weight map is on {weight.device} but the input is on {x.device}; move them to one device")
     if weight.is_complex() or not weight.is_floating_point():
         raise TypeError(f"weight map must be a real floating tensor, got dtype {weight.dtype}")
+    if torch._C._functorch.is_functorch_wrapped_tensor(weight):  # mapped by vmap, or differentiated by torch.func
+        raise ValueError(ops.MAPPED_WEIGHT)
     if not torch.compiler.is_compiling():  # one host read per call with a weight map (radial bands need none)
         nonfinite, negative = torch.stack([~torch.isfinite(weight).all(), (weight < 0).any()]).tolist()
         if nonfinite:
@@ -79,12 +82,17 @@ def _check_weight(weight: Tensor, x: Tensor) -> Tensor:
 
 
 def as_mask(mask, x: Tensor):
-    """``(weight or None, band or None)`` from a weight map, a RadialBand or a float cutoff (low band)."""
-    if isinstance(mask, Tensor):
-        return _check_weight(mask, x), None
+    """``(weight or None, band or None)`` from a weight map, a RadialBand or a cutoff (low band): a number, or a
+    0-d tensor or array holding one."""
     if isinstance(mask, RadialBand):
         return None, check_band(mask)
-    if isinstance(mask, (int, float)) and not isinstance(mask, bool):
+    if getattr(mask, "ndim", None) == 0 and not isinstance(mask, bool):  # 0-d tensor or NumPy scalar/array
+        if isinstance(mask, Tensor) and (mask.is_complex() or mask.dtype == torch.bool):
+            raise TypeError(f"cutoff must be a real number, got a 0-d tensor of dtype {mask.dtype}")
+        return None, RadialBand.low(_check_cutoff(mask, "cutoff"))
+    if isinstance(mask, Tensor):
+        return _check_weight(mask, x), None
+    if isinstance(mask, numbers.Real) and not isinstance(mask, bool):
         return None, RadialBand.low(_check_cutoff(mask, "cutoff"))
     raise TypeError(f"mask must be a weight map tensor (H, W//2+1), a RadialBand or a float cutoff, got {type(mask).__name__}")
 
@@ -156,6 +164,18 @@ def _raise_nonfinite(jac: Tensor, result: Tensor) -> None:
         f"jac has {bad} non-finite (NaN/Inf) entries in {samples} of {jac.shape[0]} samples; the default "
         "nonfinite='propagate' returns NaN for those samples instead, nonfinite='ignore' drops them"
     )
+
+
+def _check_penalty_args(target: str, reduction: str, nonfinite: str) -> None:
+    if target not in ("low", "high"):
+        raise ValueError(f"target must be 'low' or 'high', got {target!r}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if nonfinite not in NONFINITE:
+        raise ValueError(f"nonfinite must be one of {', '.join(map(repr, NONFINITE))}, got {nonfinite!r}")
+    if nonfinite == "raise" and torch.compiler.is_compiling():
+        raise ValueError("nonfinite='raise' reads the result back to the host, which a compiled graph cannot do; "
+                         "use the default nonfinite='propagate' (NaN penalty for non-finite samples) in compiled code")
 
 
 # --------------------------------------------------------------------------- public API
@@ -277,17 +297,9 @@ def freq_penalty(
         The penalty, float32 (float64 for float64 input).
     """
     jac = check_planes(jac, "jac")
-    if target not in ("low", "high"):
-        raise ValueError(f"target must be 'low' or 'high', got {target!r}")
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if formulation not in ("ratio", "official"):
         raise ValueError(f"formulation must be 'ratio' or 'official', got {formulation!r}")
-    if nonfinite not in NONFINITE:
-        raise ValueError(f"nonfinite must be one of {', '.join(map(repr, NONFINITE))}, got {nonfinite!r}")
-    if nonfinite == "raise" and torch.compiler.is_compiling():
-        raise ValueError("nonfinite='raise' reads the result back to the host, which a compiled graph cannot do; "
-                         "use the default nonfinite='propagate' (NaN penalty for non-finite samples) in compiled code")
+    _check_penalty_args(target, reduction, nonfinite)
     backend = _choose_backend(backend, jac)
     if formulation == "official":
         if reduction != "mean":
@@ -308,10 +320,59 @@ def freq_penalty(
     return result
 
 
-def freq_penalty_and_grad(jac, cutoff=0.25, *, target="low", reduction="mean", backend="auto", nonfinite="propagate"):
-    """TEMPORARY composition (replaced by the fused op)."""
-    leaf = jac.detach().requires_grad_(True)
-    with torch.enable_grad():
-        pen = freq_penalty(leaf, cutoff, target=target, reduction=reduction, backend=backend, nonfinite=nonfinite)
-        (g,) = torch.autograd.grad(pen.sum(), leaf)
-    return pen.detach(), g
+def freq_penalty_and_grad(
+    jac: Tensor,
+    cutoff: MaskLike = 0.25,
+    *,
+    target: str = "low",
+    reduction: str = "mean",
+    backend: str = "auto",
+    nonfinite: str = "propagate",
+) -> tuple[Tensor, Tensor]:
+    """The default ratio penalty and its gradient with respect to ``jac``, in one op: ``(penalty, grad)``.
+
+    ``penalty`` equals ``freq_penalty(jac, cutoff, target=target, reduction=reduction, nonfinite=nonfinite)``
+    (power 2, ratio formulation) and ``grad`` equals ``torch.autograd.grad(penalty, jac)``, but ``jac`` is read
+    as data, once: no autograd graph, no copy of ``jac``. Meant for objectives that need ``v = dP/dJ`` with J
+    held fixed (the finite-difference Hessian-vector product). Kernel backends compute both from the same band
+    spectrum, one launch per call on the small-plane path (planes up to 64 x 64; larger planes run the forward
+    and backward kernels); the reference differentiates its penalty with autograd.
+
+    Args:
+        jac: (B, C, H, W) Jacobian, float16/bfloat16/float32/float64, any strides; its autograd history (if
+            any) is ignored.
+        cutoff: low-band radius (1 = Nyquist), or a weight map (H, W//2+1) / RadialBand.
+        target: ``"low"`` (penalise energy outside the band) or ``"high"`` (inside it).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per-sample penalty (B,)). With ``"none"``, ``grad`` is the
+            gradient of the sum of the per-sample penalties, i.e. ``grad[b] = d penalty[b] / d jac[b]`` (samples
+            are independent).
+        backend: ``"auto"``, ``"triton"``, ``"cuda"``, ``"cpu"`` or ``"reference"`` (env ``JAFR_BACKEND``).
+        nonfinite: as in :func:`freq_penalty`: ``"propagate"`` (a sample holding NaN/Inf gets penalty NaN and a
+            NaN gradient; the other samples are unaffected, except through a NaN mean/sum), ``"raise"``
+            (ValueError; one host read), ``"ignore"`` (the sample counts as zero: penalty 0, gradient 0).
+
+    Returns:
+        ``(penalty, grad)``: penalty a scalar (shape (B,) for ``"none"``), float32 (float64 for float64 input);
+        grad (B, C, H, W) contiguous, dtype of ``jac``. Neither requires grad: the op is not differentiable.
+    """
+    jac = check_planes(jac, "jac").detach()
+    _check_penalty_args(target, reduction, nonfinite)
+    backend = _choose_backend(backend, jac)
+    weight, band = as_mask(cutoff, jac)
+    if nonfinite == "ignore":
+        jac = _drop_nonfinite(jac)
+    complement = target == "low"
+    if backend == "reference":
+        with torch.enable_grad():
+            leaf = jac.detach().requires_grad_(True)
+            per_sample = _ratio(leaf, weight, band, 2, complement, backend)
+            (grad,) = torch.autograd.grad(reference._reduce(per_sample, "sum" if reduction == "none" else reduction), leaf)
+        per_sample, grad = per_sample.detach(), grad.contiguous()  # autograd follows jac's strides
+    else:
+        scale = 1.0 / jac.shape[0] if reduction == "mean" else 1.0
+        per_sample, grad = ops.band_ratio_and_grad(jac.contiguous(), weight, *_q_limits(band, jac), complement, scale,
+                                                   backend)
+    penalty = reference._reduce(per_sample, reduction)
+    if nonfinite == "raise":
+        _raise_nonfinite(jac, penalty)
+    return penalty, grad

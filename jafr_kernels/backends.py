@@ -49,13 +49,20 @@ class Kernels(Protocol):
                        complement: bool, value: Tensor, stats: Tensor) -> Tensor:
         """Gradient of ``sum(grad * value)``, dtype of x."""
 
+    def ratio_and_grad(self, x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, complement: bool,
+                       scale: float) -> tuple[Tensor, Tensor]:
+        """``(value (B,), dx)``: the fused ratio's value and the gradient of ``scale * sum(value)`` (dtype of x), in
+        one pass over x where the backend can (its small-plane path), with no host read."""
+
 
 @dataclass(frozen=True)
 class Backend:
     """One backend: its name, how to load its kernels, and why it cannot serve a device (None if it can)."""
 
     name: str
-    load: Callable[[], "Kernels | str"]  # the Kernels module, or why it cannot be loaded
+    # The Kernels module, or why it cannot be loaded; None for the reference, which has no kernels (autograd
+    # differentiates it).
+    load: Optional[Callable[[], "Kernels | str"]]
     serves: Callable[[torch.device], Optional[str]]
 
 
@@ -110,7 +117,7 @@ REGISTRY: Mapping[str, Backend] = {
     "triton": Backend("triton", _load_triton, _triton_serves),
     "cuda": Backend("cuda", _load_extension, _cuda_serves),
     "cpu": Backend("cpu", _load_extension, _cpu_serves),
-    "reference": Backend("reference", lambda: "the reference has no kernels", lambda device: None),
+    "reference": Backend("reference", None, lambda device: None),
 }
 BACKENDS = tuple(REGISTRY)
 # Preference order of "auto" per device type.
@@ -122,7 +129,7 @@ def unavailable_reason(name: str, device: torch.device) -> Optional[str]:
     if name not in REGISTRY:
         raise ValueError(f"unknown backend {name!r}; choose one of 'auto', {', '.join(map(repr, BACKENDS))}")
     backend = REGISTRY[name]
-    if name != "reference":
+    if backend.load is not None:
         loaded = backend.load()
         if isinstance(loaded, str):
             return loaded
@@ -155,7 +162,7 @@ def choose(requested: str, device: torch.device,
 
 def get(name: str) -> Kernels:
     """The kernels of backend ``name`` (the reference has none: it is differentiated by autograd)."""
-    if name == "reference" or name not in REGISTRY:
+    if name not in REGISTRY or REGISTRY[name].load is None:
         raise ValueError(f"backend {name!r} has no kernels")
     loaded = REGISTRY[name].load()
     if isinstance(loaded, str):

@@ -156,13 +156,14 @@ def _mask_tensor(mask, h: int, w: int, device, dtype) -> torch.Tensor:
     return mask.to(device=device, dtype=dtype)
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype every backend computes in: float64 for float64 input, else float32 (fp16/bf16 are upcast)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def spectral_energy(x: torch.Tensor, mask, power: int = 2) -> torch.Tensor:
     """``E[b, c] = sum_uv h_v m_uv |X_uv|^p`` with X = rfft2(x[b, c]); ``mask`` a weight map or RadialBand."""
-    x = x.to(_compute_dtype(x))
+    x = x.to(accumulate_dtype(x.dtype))
     h, w = x.shape[-2:]
     m = _mask_tensor(mask, h, w, x.device, x.dtype) * hermitian_weight(w, x.device, x.dtype)
     spec = torch.fft.rfft2(x)
@@ -204,7 +205,7 @@ def freq_penalty(jac: torch.Tensor, mask, target: str = "low", power: int = 2, r
 
 def mean_magnitude(x: torch.Tensor) -> torch.Tensor:
     """Mean over batch and channels of ``|rfft2(x)|``, shape (H, W//2+1)."""
-    x = x.to(_compute_dtype(x))
+    x = x.to(accumulate_dtype(x.dtype))
     return torch.fft.rfft2(x).abs().mean(dim=(0, 1))
 
 

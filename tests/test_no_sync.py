@@ -44,6 +44,18 @@ def test_default_path_has_no_host_read(backend, call, record_ops):
 
 
 @pytest.mark.parametrize("backend", RUNNABLE)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_penalty_and_grad_has_no_host_read(backend, reduction, record_ops):
+    jac = _jac(nan_sample=2).detach()
+    jk.freq_penalty_and_grad(jac, 0.25, reduction=reduction, backend=backend)  # warm-up
+    with record_ops() as rec:
+        penalty, grad = jk.freq_penalty_and_grad(jac, 0.25, reduction=reduction, backend=backend)
+    assert rec.host_reads == [], rec.host_reads
+    assert rec.ops or rec.launches, "the recorder saw no op at all"
+    assert torch.isnan(penalty).any() and torch.isnan(grad[2]).all()  # propagated, not raised
+
+
+@pytest.mark.parametrize("backend", RUNNABLE)
 def test_nonfinite_modes(backend):
     jac = _jac(nan_sample=1)
     clean = jac.detach().clone()

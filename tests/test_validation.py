@@ -1,6 +1,7 @@
 """Bad input gets a clear error naming the argument, what was expected and what was given."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -38,6 +39,9 @@ CASES = {
     "nan in jacobian, raise": (lambda: jk.freq_penalty(torch.where(torch.arange(8) < 3, math.nan, 1.0).expand(2, 3, 8, 8),
                                                     nonfinite="raise"), ValueError, "non-finite"),
     "nonfinite mode": (lambda: jk.freq_penalty(X, nonfinite="skip"), ValueError, "nonfinite must be one of"),
+    "0-d cutoff out of range": (lambda: jk.freq_penalty(X, torch.tensor(3.0)), ValueError, "(0, sqrt(2)]"),
+    "0-d bool cutoff": (lambda: jk.low_freq_ratio(X, torch.tensor(True)), TypeError, "cutoff must be a real number"),
+    "1-element cutoff": (lambda: jk.freq_penalty(X, torch.tensor([0.3])), ValueError, "(H, W//2+1) = (8, 5)"),
 }
 
 
@@ -47,6 +51,17 @@ def test_bad_input_raises_clear_error(name):
     with pytest.raises(exc_type) as info:
         fn()
     assert phrase in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("cutoff", [torch.tensor(0.3), torch.tensor(0.3, dtype=torch.float64), np.float64(0.3),
+                                    np.array(0.3)], ids=["tensor", "tensor64", "numpy scalar", "numpy 0-d"])
+def test_zero_dim_cutoff_is_a_number(cutoff):
+    """A 0-d tensor or array cutoff means the same as the Python float it holds."""
+    torch.testing.assert_close(jk.freq_penalty(X, cutoff), jk.freq_penalty(X, 0.3), rtol=0, atol=0)
+    torch.testing.assert_close(jk.low_freq_ratio(X, cutoff), jk.low_freq_ratio(X, 0.3), rtol=0, atol=0)
+    penalty, grad = jk.freq_penalty_and_grad(X, cutoff)
+    assert torch.equal(penalty, jk.freq_penalty_and_grad(X, 0.3)[0])
+    assert torch.equal(jk.radial_mask(8, 8, cutoff), jk.radial_mask(8, 8, 0.3))
 
 
 def test_nonfinite_count_reported_and_ignorable():

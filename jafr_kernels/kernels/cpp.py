@@ -17,6 +17,7 @@ import os
 import torch
 
 from jafr_kernels import _C
+from jafr_kernels.kernels import fakes
 
 _PATHS = {"auto": 0, "partial": 1, "full": 2, "fused": 3}
 _ops = torch.ops.jafr_cpp
@@ -67,37 +68,16 @@ def ratio_backward(grad, x, weight, q_lo, q_hi, complement: bool, value, stats):
     return _ops.band_ratio_backward(grad, x, weight, q_lo, q_hi, bool(complement), value, stats, _path())
 
 
+def ratio_and_grad(x, weight, q_lo, q_hi, complement: bool, scale: float):
+    """``(value (B,), dx)``: :func:`ratio`'s value and ``dx = scale * d value / dx`` (dtype of x) in one call; on the
+    fused path (CUDA planes up to 64 x 64, or ``JAFR_CPP_PATH=fused``) one routine per sample, else the forward and
+    backward composed."""
+    return _ops.band_ratio_and_grad(x, weight, q_lo, q_hi, bool(complement), float(scale), _path())
+
+
 # Fake (meta) kernels, so the ops can be traced (torch.compile, opcheck) like the jafr:: ops above them.
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-@torch.library.register_fake("jafr_cpp::energy")
-def _(x, weight, q_lo, q_hi, power, path):
-    return x.new_empty(x.shape[:2], dtype=_acc(x.dtype))
-
-
-@torch.library.register_fake("jafr_cpp::energy_backward")
-def _(grad, x, weight, q_lo, q_hi, power, path):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-@torch.library.register_fake("jafr_cpp::mean_magnitude")
-def _(x):
-    return x.new_empty((x.shape[-2], x.shape[-1] // 2 + 1), dtype=_acc(x.dtype))
-
-
-@torch.library.register_fake("jafr_cpp::mean_magnitude_backward")
-def _(grad, x):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-@torch.library.register_fake("jafr_cpp::band_ratio")
-def _(x, weight, q_lo, q_hi, complement, path):
-    acc = _acc(x.dtype)
-    return x.new_empty(x.shape[:1], dtype=acc), x.new_empty((x.shape[0], 2), dtype=acc)
-
-
-@torch.library.register_fake("jafr_cpp::band_ratio_backward")
-def _(grad, x, weight, q_lo, q_hi, complement, value, stats, path):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+for _name, _fake in (("energy", fakes.energy), ("energy_backward", fakes.backward),
+                     ("mean_magnitude", fakes.mean_magnitude), ("mean_magnitude_backward", fakes.backward),
+                     ("band_ratio", fakes.band_ratio), ("band_ratio_backward", fakes.backward),
+                     ("band_ratio_and_grad", fakes.band_ratio_and_grad)):
+    torch.library.register_fake(f"jafr_cpp::{_name}")(_fake)

@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from jafr_kernels.kernels.triton_spectral import (
+from jafr_kernels.kernels.triton_common import (
     _band,
     _block,
     _dft_matrices,
@@ -52,9 +52,9 @@ from jafr_kernels.kernels.triton_spectral import (
     _weight,
     dot_precision,
 )
-from jafr_kernels.reference import Q_MAX
+from jafr_kernels.reference import Q_MAX, accumulate_dtype
 
-__all__ = ["ratio", "ratio_backward", "ratio_path", "band_rect", "MAX_RATIO_DFT_SIZE"]
+__all__ = ["ratio", "ratio_backward", "ratio_and_grad", "ratio_path", "band_rect", "MAX_RATIO_DFT_SIZE"]
 
 MAX_RATIO_DFT_SIZE = 64
 
@@ -226,6 +226,70 @@ def _ratio_bwd_dft_kernel(
         tl.store(db + c * (H * W) + rh * W + rw, dx.to(dx_ptr.dtype.element_ty), mask=inside)
 
 
+@triton.jit(do_not_specialize=["q_lo", "q_hi", "C"])
+def _ratio_and_grad_dft_kernel(
+    x_ptr, w_ptr, value_ptr, syn_ptr, dx_ptr, ch_ptr, sh_ptr, cw_ptr, sw_ptr, q_lo, q_hi, C, scale,
+    H: tl.constexpr, W: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr, BU: tl.constexpr,
+    BV: tl.constexpr, UR: tl.constexpr, NU: tl.constexpr, VB: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+    BAND_CMP: tl.constexpr, COMPLEMENT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    """value[b] and dx_b = scale * d value_b / d x_b in one program per sample, each plane transformed once.
+
+    Each plane's rectangle spectrum gives its band energy and, at once, its band synthesis S(m X'_c), stored in
+    ``syn`` (fp32/fp64; dx itself when x has that dtype): the sample's coefficients k_b and rho_b are known only
+    after its last plane. A second pass writes dx = k_b (S(m X') - N rho_b x') (see ``_ratio_bwd_dft_kernel``).
+    Memory: reads the sample three times (max, transform, combine; L2-resident after the first), writes and
+    re-reads syn once, writes dx once.
+    """
+    b = tl.program_id(0).to(tl.int64)
+    xb = x_ptr + b * (C * H * W)
+    sb = syn_ptr + b * (C * H * W)
+    db = dx_ptr + b * (C * H * W)
+    ch, sh, cw, sw = _load_rect_matrices(ch_ptr, sh_ptr, cw_ptr, sw_ptr, BU, BH, BW, BV, False)
+    cht, sht, cwt, swt = _load_rect_matrices(ch_ptr, sh_ptr, cw_ptr, sw_ptr, BU, BH, BW, BV, True)
+    coef = _rect_coef(w_ptr, q_lo, q_hi, H, W, BU, BV, UR, NU, VB, HAS_WEIGHT, ACC)
+    rh = tl.arange(0, BH)[:, None]
+    rw = tl.arange(0, BW)[None, :]
+    inside = (rh < H) & (rw < W)
+    m = tl.zeros((), dtype=ACC)
+    for c in range(C):
+        m = tl.maximum(m, tl.max(tl.max(tl.abs(_load_sample_plane(xb, c, H, W, BH, BW, ACC)), axis=1), axis=0))
+    s = _pow2_scale(m, ACC)
+    e_rect = tl.zeros((), dtype=ACC)
+    sumsq = tl.zeros((), dtype=ACC)
+    for c in range(C):
+        x = _load_sample_plane(xb, c, H, W, BH, BW, ACC) * s
+        re, im = _plane_spectrum(x, ch, sh, cw, sw, PREC)
+        e_rect += tl.sum(tl.sum(coef * (re * re + im * im), axis=1), axis=0)
+        sumsq += tl.sum(tl.sum(x * x, axis=1), axis=0)
+        synth = _plane_synthesis(re * coef, im * coef, cht, sht, cwt, swt, PREC)
+        tl.store(sb + c * (H * W) + rh * W + rw, synth.to(syn_ptr.dtype.element_ty), mask=inside)
+    e_all = (H * W) * sumsq
+    value = _sample_value(e_rect, e_all, BAND_CMP, COMPLEMENT)
+    tl.store(value_ptr + b, value)
+    if COMPLEMENT:
+        rho = 1.0 - value
+        rest = value
+        k = -2.0 * s * scale
+    else:
+        rho = value
+        rest = 1.0 - value
+        k = 2.0 * s * scale
+    k = tl.where(e_all == 0, 0.0, k / tl.where(e_all == 0, 1.0, e_all))  # zero gradient for an all-zero sample
+    if BAND_CMP:  # band = all - rectangle: S(m X) = N x - S(m_rect X)
+        band_sign = -1.0
+        x_coef = rest * (H * W)
+    else:
+        band_sign = 1.0
+        x_coef = -rho * (H * W)
+    tl.debug_barrier()  # syn, written above by other threads of this program, is read below
+    for c in range(C):
+        x = _load_sample_plane(xb, c, H, W, BH, BW, ACC) * s
+        synth = tl.load(sb + c * (H * W) + rh * W + rw, mask=inside, other=0.0).to(ACC)
+        dx = k * (band_sign * synth + x_coef * x)
+        tl.store(db + c * (H * W) + rh * W + rw, dx.to(dx_ptr.dtype.element_ty), mask=inside)
+
+
 # --------------------------------------------------------------------------- FFT path (large planes)
 @triton.jit(do_not_specialize=["q_lo", "q_hi"])
 def _ratio_spectrum_kernel(
@@ -393,7 +457,7 @@ def dft_meta(c: int, h: int, w: int, dtype: torch.dtype, q_lo: int, q_hi: int, h
     """
     ur, nu, vb, band_cmp, mask_lo, mask_hi = band_rect(h, w, q_lo, q_hi, has_weight)
     bh, bw, bu, bv = _block(h), _block(w), _block(nu), _block(vb)
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    acc = accumulate_dtype(dtype)
     consts = dict(C=c, H=h, W=w, BH=bh, BW=bw, BU=bu, BV=bv, UR=ur, NU=nu, VB=vb, HAS_WEIGHT=has_weight,
                   BAND_CMP=band_cmp, ACC=_tl_acc(acc), PREC=prec or dot_precision(acc, "tf32x3"),
                   num_warps=4 if max(bh, bw) > 32 else 2)
@@ -410,7 +474,7 @@ def _dft_plan(c: int, h: int, w: int, dtype: torch.dtype, device: torch.device, 
         return None
     meta = dft_meta(c, h, w, dtype, q_lo, q_hi, has_weight, prec)
     k = meta["consts"]
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    acc = accumulate_dtype(dtype)
     ch, sh = _row_factors(h, k["UR"], k["NU"], k["BU"], k["BH"], device, acc)
     cw, sw = _dft_matrices(w, k["VB"], k["BW"], k["BV"], device, acc)
     return (ch, sh, cw, sw, *meta["limits"]), k
@@ -418,7 +482,7 @@ def _dft_plan(c: int, h: int, w: int, dtype: torch.dtype, device: torch.device, 
 
 def _plan_for(x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, path: str):
     _, c, h, w = x.shape
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = accumulate_dtype(x.dtype)
     return _dft_plan(c, h, w, x.dtype, x.device, int(q_lo), int(q_hi), weight is not None,
                      os.environ.get("JAFR_TRITON_PATH", path) if path == "auto" else path, dot_precision(acc, "tf32x3"))
 
@@ -443,7 +507,7 @@ def ratio(x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, complement:
     """
     x = _planes(x)
     b, c, h, w = x.shape
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = accumulate_dtype(x.dtype)
     value = torch.empty((b,), device=x.device, dtype=acc)
     stats = torch.empty((b, 2), device=x.device, dtype=acc)
     wt = _weight(weight, x, acc)
@@ -468,7 +532,7 @@ def ratio_backward(grad: Tensor, x: Tensor, weight: Optional[Tensor], q_lo: int,
     """
     x = _planes(x)
     b, c, h, w = x.shape
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = accumulate_dtype(x.dtype)
     if grad.shape != (b,):
         raise ValueError(f"grad must have shape (B,) = ({b},), got {tuple(grad.shape)}")
     if grad.dtype != acc:
@@ -490,3 +554,29 @@ def ratio_backward(grad: Tensor, x: Tensor, weight: Optional[Tensor], q_lo: int,
         HAS_WEIGHT=wt is not None, COMPLEMENT=bool(complement), ACC=_tl_acc(x.dtype), BLOCK=block, num_warps=4)
     dx = torch.fft.irfft2(torch.view_as_complex(gspec), s=(h, w), norm="forward")
     return dx if dx.dtype == x.dtype else dx.to(x.dtype)
+
+
+def ratio_and_grad(x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, complement: bool, scale: float, *,
+                   path: str = "auto") -> tuple[Tensor, Tensor]:
+    """Value and gradient of the fused ratio in one call: ``(value (B,), dx)`` with ``dx = scale * d value / dx``.
+
+    The gradient of ``scale * sum(value)`` without an autograd graph. DFT path (planes up to 64 x 64): one
+    launch, each plane's band spectrum serving both. FFT path: :func:`ratio` then :func:`ratio_backward`
+    (two launches around one rfft2 each, and the irfft2). Arguments as in :func:`ratio`.
+    """
+    x = _planes(x)
+    b = x.shape[0]
+    acc = accumulate_dtype(x.dtype)
+    wt = _weight(weight, x, acc)
+    plan = _plan_for(x, wt, q_lo, q_hi, path)
+    if plan is None:
+        value, stats = ratio(x, wt, q_lo, q_hi, complement, path=path)
+        grad = torch.full((1,), scale, device=x.device, dtype=acc).expand(b)
+        return value, ratio_backward(grad, x, wt, q_lo, q_hi, complement, value, stats, path=path)
+    value = torch.empty((b,), device=x.device, dtype=acc)
+    dx = torch.empty_like(x)
+    syn = dx if x.dtype == acc else torch.empty(x.shape, device=x.device, dtype=acc)
+    (ch, sh, cw, sw, lo, hi), consts = plan
+    _ratio_and_grad_dft_kernel[(b,)](x, wt if wt is not None else value, value, syn, dx, ch, sh, cw, sw, lo, hi,
+                                     scale=float(scale), COMPLEMENT=bool(complement), **consts)
+    return value, dx

@@ -1,0 +1,121 @@
+"""Triton helpers shared by the spectral kernels (:mod:`.triton_spectral`) and the fused ratio (:mod:`.triton_ratio`):
+per-bin maths (Hermitian weight, radial band), the matrix DFT of one zero-padded plane and its adjoint, and the
+host-side helpers (block sizes, DFT factor tables, dtype and dot-precision choices, argument checks).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+# --------------------------------------------------------------------------- device helpers
+@triton.jit
+def _hermitian_weight(v, W: tl.constexpr):
+    """h_v: 1 at v = 0 and (even W) v = W/2, else 2 (v < W//2 + 1 assumed)."""
+    return tl.where(_edge_column(v, W), 1.0, 2.0)
+
+
+@triton.jit
+def _edge_column(v, W: tl.constexpr):
+    """True for the self-conjugate columns: v = 0 and, for even W, v = W/2."""
+    if W % 2 == 0:
+        edge = (v == 0) | (v == W // 2)
+    else:
+        edge = v == 0
+    return edge
+
+
+@triton.jit
+def _band(u, v, q_lo, q_hi, H: tl.constexpr, W: tl.constexpr):
+    """True where q(u, v) = min(u, H-u)^2 W^2 + v^2 H^2 (int64) lies in [q_lo, q_hi]."""
+    u64 = u.to(tl.int64)
+    v64 = v.to(tl.int64)
+    uf = tl.minimum(u64, H - u64)
+    q = uf * uf * (W * W) + v64 * v64 * (H * H)
+    return (q >= q_lo) & (q <= q_hi)
+
+
+@triton.jit
+def _plane_spectrum(x, ch, sh, cw, sw, PREC: tl.constexpr):
+    """Real and imaginary parts of X = (C_H - i S_H) x (C_W - i S_W) for one zero-padded plane x (BH, BW)."""
+    yr = tl.dot(x, cw, input_precision=PREC)  # Re(x (C_W - i S_W))
+    ys = tl.dot(x, sw, input_precision=PREC)  # -Im(x (C_W - i S_W))
+    xr = tl.dot(ch, yr, input_precision=PREC) - tl.dot(sh, ys, input_precision=PREC)
+    xi = -(tl.dot(ch, ys, input_precision=PREC) + tl.dot(sh, yr, input_precision=PREC))
+    return xr, xi
+
+
+@triton.jit
+def _plane_synthesis(gr, gi, ch, sh, cwt, swt, PREC: tl.constexpr):
+    """``Re(sum_uv G_uv e^{+2 pi i (u h/H + v w/W)})`` (BH, BW) from G (BH, BV), each bin counted once.
+
+    Z = (C_H + i S_H) G over rows (C_H, S_H are symmetric), then Re(Z (C_W^T + i S_W^T)).
+    """
+    zr = tl.dot(ch, gr, input_precision=PREC) - tl.dot(sh, gi, input_precision=PREC)
+    zi = tl.dot(ch, gi, input_precision=PREC) + tl.dot(sh, gr, input_precision=PREC)
+    return tl.dot(zr, cwt, input_precision=PREC) - tl.dot(zi, swt, input_precision=PREC)
+
+
+# --------------------------------------------------------------------------- host helpers
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _tl_acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def dot_precision(dtype: torch.dtype, default: str) -> str:
+    """``tl.dot`` input precision for products in ``dtype``: always IEEE for fp64; for fp32 the environment's
+    ``JAFR_TRITON_DOT`` (``ieee``, ``tf32x3`` or ``tf32``) if set, else the kernel's ``default``."""
+    if dtype == torch.float64:
+        return "ieee"
+    choice = os.environ.get("JAFR_TRITON_DOT") or default
+    if choice not in ("ieee", "tf32x3", "tf32"):
+        raise ValueError(f"JAFR_TRITON_DOT must be 'ieee', 'tf32x3' or 'tf32', got {choice!r}")
+    return choice
+
+
+def _block(n: int) -> int:
+    """Power-of-two block >= n and >= 16 (the smallest tl.dot operand side)."""
+    return max(16, triton.next_power_of_2(n))
+
+
+@functools.lru_cache(maxsize=64)
+def _dft_matrices(n: int, cols: int, rows_block: int, cols_block: int, device: torch.device, dtype: torch.dtype):
+    """cos/sin(2 pi (j k mod n) / n) for j < n, k < cols, zero-padded to (rows_block, cols_block).
+
+    Built in float64 (the integer product is reduced mod n first, so large angles lose nothing), then cast.
+    Row matrices: (n, n); column matrices: (W, W//2+1). Cached per (size, device, dtype).
+    """
+    j = torch.arange(n, dtype=torch.int64)[:, None]
+    k = torch.arange(cols, dtype=torch.int64)[None, :]
+    angle = (2.0 * math.pi / n) * ((j * k) % n).to(torch.float64)
+    cos = torch.zeros(rows_block, cols_block, dtype=torch.float64)
+    sin = torch.zeros(rows_block, cols_block, dtype=torch.float64)
+    cos[:n, :cols] = torch.cos(angle)
+    sin[:n, :cols] = torch.sin(angle)
+    return cos.to(device=device, dtype=dtype).contiguous(), sin.to(device=device, dtype=dtype).contiguous()
+
+
+def _planes(x: Tensor, name: str = "x") -> Tensor:
+    if x.dim() != 4:
+        raise ValueError(f"{name} must have shape (B, C, H, W), got {tuple(x.shape)}")
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise TypeError(f"{name} must be float16/bfloat16/float32/float64, got {x.dtype}")
+    return x.contiguous()
+
+
+def _weight(weight: Optional[Tensor], x: Tensor, acc: torch.dtype) -> Optional[Tensor]:
+    if weight is None:
+        return None
+    h, w = x.shape[-2:]
+    if tuple(weight.shape) != (h, w // 2 + 1):
+        raise ValueError(f"weight must have shape (H, W//2+1) = {(h, w // 2 + 1)}, got {tuple(weight.shape)}")
+    return weight.to(device=x.device, dtype=acc).contiguous()
