@@ -151,3 +151,30 @@ class NaNAfter(torch.nn.Module):
         self.calls += 1
         out = self.inner(x)
         return out * float("nan") if self.calls >= self.n else out
+
+
+# --------------------------------------------------------------------------- GPU helpers (tests marked gpu)
+def count_device_ops(fn):
+    """Kernel launches plus memcpy/memset operations on the GPU during fn() (after one warm-up call), from
+    torch.profiler, and their names."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    device_events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return len(device_events), sorted({e.name for e in device_events})
+
+
+def run_without_sync(fn, warm_up: bool = True):
+    """Call ``fn`` under ``set_sync_debug_mode("error")``: any host-device synchronisation inside raises. The
+    first call (compilation, autotuning, table caches) is made outside."""
+    if warm_up:
+        fn()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()

@@ -20,7 +20,7 @@ import jafr_kernels as jk
 from jafr_kernels import backends, reference
 from jafr_kernels.reference import RadialBand
 
-from conftest import TOLERANCE, rel_err
+from conftest import TOLERANCE, count_device_ops, rel_err, run_without_sync
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -130,31 +130,13 @@ def test_nan_sample_propagates(backend):
 
 def _sync_free(fn, x):
     x = x.detach().requires_grad_(True)
-    torch.autograd.grad(fn(x), x)  # warm-up: compilation, autotuning, table caches
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        torch.autograd.grad(fn(x), x)
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
-    torch.cuda.synchronize()
+    run_without_sync(lambda: torch.autograd.grad(fn(x), x))
 
 
 def test_default_path_has_no_host_sync(backend):
     x = make_input(HEADLINE, seed=6)
     _sync_free(lambda t: jk.freq_penalty(t, CUTOFF, backend=backend), x)
     _sync_free(lambda t: jk.low_freq_ratio(t, CUTOFF, backend=backend).sum(), x)
-
-
-def count_device_ops(fn):
-    """Kernel launches plus memcpy/memset operations on the GPU during fn(), from torch.profiler."""
-    fn()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    device_events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    return len(device_events), sorted({e.name for e in device_events})
 
 
 def test_cuda_backend_launch_budget():
@@ -252,12 +234,7 @@ def test_cpp_fused_launches_and_syncs(cpp_cuda, monkeypatch):
 
     count, names = count_device_ops(step)
     assert count == 2, (count, names)
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        step()
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
-    torch.cuda.synchronize()
+    run_without_sync(step, warm_up=False)
 
 
 def test_cpp_ops_registered_for_cuda(cpp_cuda):
@@ -300,14 +277,7 @@ def test_adversarial_jafr_step_has_no_host_sync(method, mode):
         out.loss.backward()
         opt.step()
 
-    step()  # warm-up
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        step()
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
-    torch.cuda.synchronize()
+    run_without_sync(step)
 
 
 def test_pgd_restart_selection_has_no_host_sync():
@@ -316,10 +286,4 @@ def test_pgd_restart_selection_has_no_host_sync():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10)).cuda()
     x, y = torch.rand(16, 1, 28, 28, device="cuda"), torch.randint(0, 10, (16,), device="cuda")
-    attacks.pgd(model, x, y, 0.1, 0.025, 2, restarts=3)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        attacks.pgd(model, x, y, 0.1, 0.025, 2, restarts=3, generator=None)
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
+    run_without_sync(lambda: attacks.pgd(model, x, y, 0.1, 0.025, 2, restarts=3))

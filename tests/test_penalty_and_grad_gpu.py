@@ -11,7 +11,7 @@ import jafr_kernels as jk
 from jafr_kernels import backends, reference
 from jafr_kernels.reference import RadialBand
 
-from conftest import TOLERANCE, rel_err
+from conftest import TOLERANCE, count_device_ops, rel_err, run_without_sync
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -74,16 +74,6 @@ def test_bf16_zero_and_nan_samples(route):
     assert rel_err(grad[keep], want_g[keep]) <= 2.0**-8
 
 
-def _device_ops(fn):
-    fn()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    return len(events), sorted({e.name for e in events})
-
-
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 def test_one_launch_and_no_host_sync(backend):
     """(4096, 3, 32, 32): the fused value-and-gradient kernel plus the mean, and no synchronisation."""
@@ -91,14 +81,9 @@ def test_one_launch_and_no_host_sync(backend):
     if why is not None:
         pytest.skip(why)
     jac = _jac((4096, 3, 32, 32), seed=2)
-    count, names = _device_ops(lambda: jk.freq_penalty_and_grad(jac, 0.25, backend=backend))
+    count, names = count_device_ops(lambda: jk.freq_penalty_and_grad(jac, 0.25, backend=backend))
     assert count <= 2, (count, names)
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        jk.freq_penalty_and_grad(jac, 0.25, backend=backend)
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
-    torch.cuda.synchronize()
+    run_without_sync(lambda: jk.freq_penalty_and_grad(jac, 0.25, backend=backend), warm_up=False)
 
 
 def test_cpp_op_registered_for_cuda():
