@@ -63,6 +63,19 @@ def test_load_state_dicts_of_a_torchvision_model(tmp_path):
         A.load_model(str(plain), arch="resnet18")
 
 
+def test_own_constructor_from_the_working_folder(tmp_path, monkeypatch):
+    (tmp_path / "my_models_for_analyze.py").write_text(
+        "from torch import nn\n"
+        "def build(num_classes=1000):\n"
+        "    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.LazyLinear(num_classes))\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path))])
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 6 * 6, 10))
+    torch.save(net.state_dict(), tmp_path / "own.pt")
+    model, what = A.load_model(str(tmp_path / "own.pt"), arch="my_models_for_analyze:build")
+    assert what == "my_models_for_analyze:build with 10 classes" and model[2].weight.shape == (10, 72)
+
+
 def test_pickled_model_needs_trust(tmp_path):
     path = tmp_path / "whole.pt"
     torch.save(_tiny_rgb(), path)

@@ -20,6 +20,7 @@ import argparse
 import importlib
 import json
 import os
+import sys
 from typing import Optional, Sequence
 
 import numpy as np
@@ -107,6 +108,8 @@ def build_arch(arch: str, num_classes: Optional[int] = None, in_channels: int = 
             raise ValueError(f"--arch {arch} needs timm (pip install timm)") from None
         return timm.create_model(name, pretrained=False, **kwargs)
     if name:
+        if os.getcwd() not in sys.path:  # the `jafr` script does not put the working folder on the path; users expect it
+            sys.path.append(os.getcwd())
         try:
             factory = getattr(importlib.import_module(kind), name)
         except (ImportError, AttributeError) as exc:
