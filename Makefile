@@ -39,6 +39,8 @@ test: setup
 study: setup
 	time $(VENV)/bin/jafr study $(STUDY_ARGS)
 
+# Results go to runs/benchmarks/ (untracked); BENCH_ARGS=--update-readme publishes a full run into
+# benchmarks/results/ and regenerates the table of benchmarks/README.md.
 bench: setup
 	$(PYTHON) -m benchmarks $(BENCH_ARGS)
 

@@ -1,10 +1,10 @@
 """``python -m benchmarks``: run the benchmark suite, print the tables, write the tagged results.
 
 Runs the ``bench_*.py`` files under pytest-benchmark in this process, then turns its JSON into
-``benchmarks/results/<device>-<time>-<rev>.json`` (every row, tagged with device, torch/triton versions,
-thread count and git revision) plus a markdown file of all tables, prints the targets and the summary
-tables, and (for full runs writing to the default folder) regenerates the results section of
-``benchmarks/README.md``.
+``runs/benchmarks/<device>-<time>-<rev>.json`` (every row, tagged with device, torch/triton versions,
+thread count and git revision; ``runs/`` is not tracked by git) plus a markdown file of all tables, and prints
+the targets and the summary tables. Tracked files change only on request: ``--update-readme`` writes the
+results into ``benchmarks/results/`` and regenerates the results section of ``benchmarks/README.md`` from there.
 
 Examples::
 
@@ -15,6 +15,7 @@ Examples::
     python -m benchmarks --gpu --quick --dry-run   # list the cases, run nothing (works without a GPU)
     python -m benchmarks --gpu --quick --time-limit 150   # cases that would start later are skipped
     python -m benchmarks --only training -k resnet
+    python -m benchmarks --update-readme # full CPU suite, published: benchmarks/results/ + benchmarks/README.md
 """
 from __future__ import annotations
 
@@ -40,9 +41,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="print the cases that would run, run nothing")
     parser.add_argument("--only", choices=sorted(PARTS), action="append", help="run only these parts (repeatable)")
     parser.add_argument("-k", dest="keyword", default=None, help="pytest -k expression to select cases")
-    parser.add_argument("--out", type=Path, default=report.RESULTS_DIR, help="folder for the result files")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"folder for the result files (default: {report.LOCAL_DIR.relative_to(report.HERE.parent)}/, "
+                        f"or {report.RESULTS_DIR.relative_to(report.HERE.parent)}/ with --update-readme)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--no-readme", action="store_true", help="do not regenerate benchmarks/README.md")
+    readme = parser.add_mutually_exclusive_group()
+    readme.add_argument("--update-readme", action="store_true",
+                        help="publish a full run: write its results into benchmarks/results/ and regenerate the results "
+                        "section of benchmarks/README.md (tracked files)")
+    readme.add_argument("--no-readme", dest="update_readme", action="store_false",
+                        help="leave benchmarks/README.md alone (the default)")
     parser.add_argument("--time-limit", type=float, default=0.0, metavar="SECONDS",
                         help="skip the cases that would start after this many seconds; the results of the "
                         "cases run are still written (for short GPU leases; 0: no limit)")
@@ -93,6 +101,12 @@ def main(argv=None) -> int:
     import torch
 
     args = parse_args(argv)
+    published = report.RESULTS_DIR.resolve()
+    if args.update_readme and args.out is not None and args.out.resolve() != published:
+        print(f"--update-readme publishes into {report.RESULTS_DIR}; drop --out {args.out}", file=sys.stderr)
+        return 2
+    if args.out is None:
+        args.out = report.RESULTS_DIR if args.update_readme else report.LOCAL_DIR
     if args.threads:
         torch.set_num_threads(args.threads)
     suite = configs.Suite.make(gpu=args.gpu, smoke=args.smoke)
@@ -130,9 +144,10 @@ def main(argv=None) -> int:
     print()
     print(report.markdown(results))
     print(f"wrote {path} and {path.with_suffix('.md')} ({len(results['rows'])} rows, {results['meta']['wall_s']:.0f} s)")
-    default_out = args.out.resolve() == report.RESULTS_DIR.resolve()
-    if not args.smoke and not args.no_readme and default_out and not results["meta"]["partial"]:
-        if report.update_readme(args.out):
+    if args.update_readme:
+        if args.smoke or results["meta"]["partial"]:
+            print(f"{report.README} left alone: a smoke run or a subset (--only, -k) never becomes its table")
+        elif report.update_readme(args.out):
             print(f"updated {report.README}")
     return int(code)
 

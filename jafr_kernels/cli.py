@@ -1,7 +1,7 @@
 """The ``jafr`` command (also ``python -m jafr_kernels``): it only parses arguments and hands over.
 
 Subcommands register themselves: ``jafr train`` (jafr_kernels.train.cli), ``jafr study`` and
-``jafr eval`` (jafr_kernels.eval.cli), ``jafr info``. A user mistake (bad argument, missing data or run,
+``jafr eval`` (jafr_kernels.eval.cli), ``jafr analyze`` (jafr_kernels.eval.analyze), ``jafr info``. A user mistake (bad argument, missing data or run,
 diverged training, Ctrl-C) ends with a one-line message on stderr and a non-zero exit code, not a traceback;
 set ``JAFR_TRACEBACK=1`` to see the traceback instead.
 """
@@ -12,7 +12,7 @@ import importlib
 import os
 import sys
 
-_SUBCOMMAND_MODULES = ("jafr_kernels.train.cli", "jafr_kernels.eval.cli")
+_SUBCOMMAND_MODULES = ("jafr_kernels.train.cli", "jafr_kernels.eval.cli", "jafr_kernels.eval.analyze")
 
 
 class Parser(argparse.ArgumentParser):

@@ -35,6 +35,9 @@ def _setup(kind, tmp_path, finished_run):
     elif kind == "no_config":
         (tmp_path / "empty_run").mkdir()
         (tmp_path / "empty_run" / "notes.txt").write_text("hi")
+    elif kind == "study_root":
+        (tmp_path / "study" / "standard_s0").mkdir(parents=True)
+        (tmp_path / "study" / "report.md").write_text("# report")
     elif kind == "no_ckpt":
         (tmp_path / "cfg_only").mkdir()
         with open(finished_run + "/config.json") as f, open(tmp_path / "cfg_only" / "config.json", "w") as g:
@@ -70,6 +73,12 @@ CASES = [
      ["cifar10 not found", "cifar-10-batches-py"]),
     ("train-extend-finished-run", None, ["train", "--method", "standard", "--epochs", "2", "--max-steps", "4", "--batch-size", "32",
                                          "--train-subset", "128", "--out", "{run}", "--resume"], ["--init-from", "--overwrite"]),
+    ("train-resume-missing-folder", None, TRAIN + ["--out", "{tmp}/typo", "--resume"],
+     ["--resume: nothing to resume", "does not exist", "without --resume"]),
+    ("train-resume-study-root", "study_root", TRAIN + ["--out", "{tmp}/study", "--resume"],
+     ["--resume: nothing to resume", "no checkpoint", "without --resume"]),
+    ("train-resume-run-without-checkpoint", "no_ckpt", TRAIN + ["--out", "{tmp}/cfg_only", "--resume"],
+     ["no checkpoint", "--overwrite"]),
     ("train-init-from-missing", None, TRAIN + ["--init-from", "{tmp}/nothing", "--out", "{tmp}/r"], ["init_from", "does not exist"]),
     ("study-method-typo", None, STUDY + ["--methods", "standard", "JaFR"], ["must be one of", "'JaFR'"]),
     ("study-bad-target", None, STUDY + ["--methods", "jafr:middle"], ["'low' or 'high'"]),

@@ -173,7 +173,8 @@ def check_eval_args(args):
 
     run_dir = args.run_dir
     if not os.path.isdir(run_dir):
-        raise ValueError(f"{run_dir} is not a run folder (it does not exist or is a file)")
+        raise ValueError(f"{run_dir} is not a run folder (it does not exist or is a file); for a model file or state dict, "
+                         f"use jafr analyze {run_dir}")
     conf_path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(conf_path):
         raise ValueError(f"{run_dir} holds no config.json: not a training run folder (jafr train --out writes one)")

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
+from typing import Optional
 
 import numpy as np
 
@@ -215,27 +217,36 @@ def _ci_text(values, digits=3) -> str:
 
 
 def plot_spectra(data: dict, path: str) -> None:
-    """Centred log10 mean |FFT| of the images and of each model's Jacobian (mean over seeds), with colour bars."""
-    plt = _plt()
+    """Centred mean |FFT| of the images and of each model's Jacobian (mean over seeds), on one colour scale."""
     panels = []
     if data["images"] is not None:
         panels.append(("images", np.asarray(data["images"]["spectrum"]), f"{data['images']['low_freq_ratio']:.3f}"))
     for label, evs in _primary_runs(data).items():
         spec = np.mean([np.asarray(e["jacobian"]["spectrum"]) for e in evs], axis=0)
         panels.append((f"J: {label}", spec, _ci_text([e["jacobian"]["low_freq_ratio"] for e in evs])))
+    spectra_figure(panels, path, "Mean magnitude spectrum, centred (DC in the middle); Jacobians averaged over seeds")
+
+
+def spectra_figure(panels: list, path: str, title: str, decades: float = 4.0) -> None:
+    """Centred spectra ``(title, (H, W) array, low-freq ratio text)`` side by side, each as log10 of its share of
+    its own sum (J's scale differs by orders between models; the shares compare their shapes), all panels on
+    one colour scale spanning ``decades`` below the largest share."""
+    plt = _plt()
+    logs = [np.log10(spec / max(float(spec.sum()), 1e-300) + 1e-300) for _, spec, _ in panels]
+    vmax = max(float(img.max()) for img in logs)
+    vmin = max(min(float(img.min()) for img in logs), vmax - decades)
     rows, cols = _grid(len(panels), 3)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
-    for ax, (title, spec, ratio) in zip(axes.flat, panels):
+    for ax, (name, spec, ratio), img in zip(axes.flat, panels, logs):
         h, w = spec.shape
-        img = np.log10(spec / spec.max() + 1e-8)
-        im = ax.imshow(img, extent=_extent(h, w), cmap="viridis", vmin=max(img.min(), -4), vmax=0)
-        ax.set_title(f"{title}\nlow-freq ratio {ratio}", fontsize=10)
+        im = ax.imshow(img, extent=_extent(h, w), cmap="viridis", vmin=vmin, vmax=vmax)
+        ax.set_title(f"{name}\nlow-freq ratio {ratio}", fontsize=10)
         ax.set_xlabel("horizontal frequency (cycles/image)")
         ax.set_ylabel("vertical frequency (cycles/image)")
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="log10 |F| / max")
-    fig.suptitle("Mean magnitude spectrum, centred (DC in the middle); Jacobians averaged over seeds")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="log10 share of sum |F| (same scale)")
+    fig.suptitle(title)
     _save(plt, fig, path)
 
 
@@ -484,6 +495,24 @@ def _training_text(study: dict) -> str:
     return ", ".join(parts)
 
 
+MIN_SEEDS = 3  # with 2 seeds a 95 % t interval spans 12.7 standard errors each side: nothing small is decidable
+
+
+def seeds_warning(n_seeds: int, rows: list[dict]) -> Optional[str]:
+    """One line when the study has too few seeds to decide its claims (fewer than MIN_SEEDS, or none decided), else None."""
+    decided = any(r["verdict"] in (stats.AGREES, stats.DISAGREES) for r in rows)
+    if n_seeds >= MIN_SEEDS and (decided or not rows):
+        return None
+    if n_seeds < 2:
+        why = "With one seed there is no interval, so no verdict"
+    elif n_seeds < MIN_SEEDS:
+        why = (f"With {n_seeds} seeds a 95 % interval reaches {stats.t_quantile(n_seeds - 1):.1f} standard errors either side"
+               " of the mean, so only huge differences can be decided")
+    else:
+        why = f"With {n_seeds} seeds no claim was decided: every difference is within noise"
+    return f"{why}: rerun with `--seeds {max(MIN_SEEDS, n_seeds + 2)}` (finished runs are reused)."
+
+
 def _verdict_cell(r: dict) -> str:
     if r["verdict"] == stats.DISAGREES:
         text = "**disagrees**"
@@ -555,8 +584,9 @@ def write_markdown(data: dict, summary: dict, rows: list[dict], tradeoffs: dict,
         " the difference is **within noise**.",
         "",
     ]
-    if n_seeds < 2:
-        lines += ["With one seed there is no interval, so no verdict: rerun with `--seeds 3` (finished runs are reused).", ""]
+    few = seeds_warning(n_seeds, rows)
+    if few:
+        lines += [f"**Too few seeds.** {few}", ""]
     lines += [
         "| comparison | on | paper expects | difference (pp) | per seed | verdict |",
         "|---|---|---|---|---|---|",
@@ -718,4 +748,7 @@ def build_report(root: str) -> str:
                    "failed": [r["folder"] for r in data["failed"]]}, f, indent=2)
     path = os.path.join(root, "report.md")
     write_markdown(data, summary, rows, tradeoffs, path)
+    few = seeds_warning(len(study["seeds"]), rows)
+    if few:
+        print(f"warning: too few seeds. {few}", file=sys.stderr)
     return path

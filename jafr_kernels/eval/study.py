@@ -473,12 +473,13 @@ def _train(run_dir: str, tc: TrainConfig, retrain: bool, train_set):
 
     saved = _read_json(os.path.join(run_dir, "config.json"))
     same = saved is not None and _result_fields(saved) == _result_fields(tc)
-    if os.path.isdir(run_dir) and (retrain or not same):
+    started = same and any(os.path.exists(os.path.join(run_dir, f)) for f in ("last.pt", "prev.pt"))
+    if os.path.isdir(run_dir) and (retrain or not started):
         if saved is not None and not same:
             changed = sorted(k for k, v in _result_fields(tc).items() if saved.get(k) != v)
             print(f"[study]   settings changed ({', '.join(changed)}): training afresh", flush=True)
         shutil.rmtree(run_dir)
-    return train_model(dataclasses.replace(tc, resume=same and not retrain), train_set=train_set).model
+    return train_model(dataclasses.replace(tc, resume=started and not retrain), train_set=train_set).model
 
 
 def run_study(cfg: StudyConfig) -> str:

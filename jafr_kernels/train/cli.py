@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -72,6 +73,8 @@ def register(subparsers) -> None:
     g.add_argument("--overwrite", action="store_true", help="replace the run in --out (its config, metrics, checkpoints, eval.json)")
     p.add_argument("--init-from", default=None, metavar="RUN_OR_CKPT",
                    help="start from the model weights of a run folder or checkpoint (fresh optimizer and schedule)")
+    p.add_argument("--test-subset", type=int, default=None,
+                   help="after training, report the accuracy on the first N test images (0: skip; default: the whole test set)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=main)
 
@@ -92,10 +95,48 @@ def config_from_args(args: argparse.Namespace):
     )
 
 
+# λ far beyond its formulation's default swamps the classification loss: training then mostly shapes J.
+LAM_WARN_FACTOR = 100
+
+
+def lam_warning(lam, formulation: str, method: str):
+    """A one-line warning when ``lam`` is over LAM_WARN_FACTOR times the formulation's default, else None."""
+    from jafr_kernels.train.methods import default_lambda, get_method
+
+    if lam is None or not get_method(method).jafr:
+        return None
+    usual = default_lambda(formulation)
+    if lam <= LAM_WARN_FACTOR * usual:
+        return None
+    return (f"warning: --lam {lam:g} is over {LAM_WARN_FACTOR}x the usual {usual:g} for --formulation {formulation}: "
+            f"the penalty will dominate the classification loss and accuracy may stay near chance "
+            f"(typical: {usual / 10:g} to {usual * 10:g})")
+
+
+def test_accuracy(model, dataset: str, data_dir, n=None) -> tuple[float, int]:
+    """(top-1 accuracy, images) of ``model`` on the first ``n`` images of ``dataset``'s test split (all if None)."""
+    import torch
+
+    from jafr_kernels.eval.adversarial import clean_accuracy
+    from jafr_kernels.train.data import get_batch, load_dataset
+
+    test_set = load_dataset(dataset, train=False, data_dir=data_dir)
+    count = len(test_set) if n is None else min(n, len(test_set))
+    x, y = get_batch(test_set, torch.arange(count))
+    param = next(model.parameters())
+    return clean_accuracy(model, x.to(param.dtype), y, device=param.device), count
+
+
 def main(args: argparse.Namespace) -> int:
-    """Train; errors are turned into one-line messages by :func:`jafr_kernels.cli.run_command`."""
+    """Train, then report the test accuracy; errors are turned into one-line messages by
+    :func:`jafr_kernels.cli.run_command`."""
     from jafr_kernels.train.loop import train_model
 
+    if args.test_subset is not None and args.test_subset < 0:
+        raise ValueError(f"--test-subset must be >= 0; got {args.test_subset}")
+    warning = lam_warning(args.lam, args.formulation, args.method)
+    if warning and os.environ.get("RANK", "0") == "0":
+        print(f"jafr train: {warning}", file=sys.stderr)
     try:
         result = train_model(config_from_args(args))
     except KeyboardInterrupt:
@@ -109,6 +150,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"done: {result.step} steps, last loss {last['loss']:.4f}, acc {last['acc']:.3f}; run dir {result.run_dir}")
     else:
         print(f"done: the run in {result.run_dir} had already finished ({result.step} steps)")
+    if args.test_subset != 0:
+        with open(os.path.join(result.run_dir, "config.json")) as f:
+            dataset = json.load(f)["dataset"]
+        acc, n = test_accuracy(result.model, dataset, args.data_dir, args.test_subset)
+        print(f"test accuracy {100 * acc:.2f}% ({n} {dataset} test images)")
     return 0
 
 

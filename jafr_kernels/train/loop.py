@@ -282,10 +282,15 @@ def _check_same_run(saved: dict, current: dict, path: str) -> None:
 
 def check_run_dir(run_dir: str, resume: bool = False, overwrite: bool = False) -> None:
     """Refuse (``ValueError``) an ``out_dir`` that is a file, or a non-empty folder without ``resume`` or
-    ``overwrite`` (and, with ``overwrite``, one that holds no run). Reads only; nothing is created."""
+    ``overwrite`` (and, with ``overwrite``, one that holds no run); with ``resume``, refuse
+    (:class:`CheckpointError`) a folder without a checkpoint. Reads only; nothing is created."""
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         raise ValueError(f"--out {run_dir} is a file, not a folder; choose a folder for the run")
     entries = os.listdir(run_dir) if os.path.isdir(run_dir) else []
+    if resume and ckpt.LAST not in entries and ckpt.PREV not in entries:
+        what = "it does not exist" if not os.path.isdir(run_dir) else "it holds no checkpoint (last.pt / prev.pt)"
+        todo = "start it afresh with --overwrite" if "config.json" in entries else "check the path, or start a new run without --resume"
+        raise ckpt.CheckpointError(f"--resume: nothing to resume in --out {run_dir}: {what}; {todo}")
     if not entries or resume:
         return
     if not overwrite:
