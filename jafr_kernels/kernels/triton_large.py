@@ -59,9 +59,14 @@ __all__ = ["gemm_fits", "plan_for", "ratio", "ratio_backward", "MAX_BU", "MAX_BV
 # Largest padded rectangle (rows x columns of the band) the path keeps in registers.
 MAX_BU = 64
 MAX_BV = 32
-# Tile of the plane streamed per step: BR rows x BK columns.
-BR = 32
+# Tile of the plane streamed per step: BR rows x BK columns; 16 rows where the (BU, BV) spectrum accumulates (32
+# spill there on sm_90), 32 in the synthesis, whose programs each own one row tile.
+BR_SPECTRUM = 16
+BR_SYNTHESIS = 32
 BK = 32
+# Band rows per step of the synthesis's first product (Z = (C_U + i S_U)^T G): with all 64 at once, the 3-pass
+# TF32 split of G and of the row factors spilled ~2 KB per thread on sm_90; 16 at a time, none.
+BUK = 16
 NUM_WARPS = 4
 
 
@@ -209,47 +214,76 @@ def _large_finish_kernel(part_ptr, value_ptr, stats_ptr, C, N: tl.constexpr, BAN
     tl.store(stats_ptr + 2 * b + 1, e_all)
 
 
-@triton.jit(do_not_specialize=["q_lo", "q_hi", "grad_stride", "C"])
-def _large_ratio_bwd_kernel(
-    grad_ptr, grad_stride, x_ptr, w_ptr, value_ptr, stats_ptr, dx_ptr, ch_ptr, sh_ptr, cw_ptr, sw_ptr, q_lo, q_hi, C,
+@triton.jit(do_not_specialize=["q_lo", "q_hi", "C"])
+def _large_grad_spectrum_kernel(
+    x_ptr, w_ptr, stats_ptr, g_ptr, ch_ptr, sh_ptr, cw_ptr, sw_ptr, q_lo, q_hi, C,
     H: tl.constexpr, W: tl.constexpr, BH: tl.constexpr, BU: tl.constexpr, BV: tl.constexpr, UR: tl.constexpr,
     NU: tl.constexpr, VB: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-    BAND_CMP: tl.constexpr, COMPLEMENT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    BAND_CMP: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
 ):
-    """dx_p = s_b k_b (S(m X'_p) - N rho_b x'_p) with x' = s_b x_p (b the plane's sample), one plane per program.
+    """G_p = +-coef X'_p (BU, BV), re then im, into g[p] for x' = s_b x_p (b the plane's sample), one plane per
+    program; the sign is - for a complement rectangle (S(m X) = N x - S(m_rect X)).
 
-    Memory: reads the plane twice, grad/value/stats (three numbers) and the DFT factors; writes dx once.
+    Memory: reads the plane once and the DFT factors; writes 2 BU BV numbers (read back from L2 by the synthesis).
     """
     p = tl.program_id(0).to(tl.int64)
-    b = p // C
-    s, k, rho, rest = _grad_scalars(grad_ptr, grad_stride, value_ptr, stats_ptr, b, COMPLEMENT, ACC)
-    if BAND_CMP:  # band = all - rectangle: S(m X) = N x - S(m_rect X)
-        band_sign = -1.0
+    s = tl.load(stats_ptr + 2 * (p // C))
+    xr, xi, _ = _rect_spectrum(x_ptr + p * (H * W), s, ch_ptr, sh_ptr, cw_ptr, sw_ptr, H, W, BH, BU, BV, BR, BK, ACC,
+                               PREC)
+    coef = _rect_coef(w_ptr, q_lo, q_hi, H, W, BU, BV, UR, NU, VB, HAS_WEIGHT, ACC)
+    if BAND_CMP:
+        coef = -coef
+    offs = tl.arange(0, BU)[:, None] * BV + tl.arange(0, BV)[None, :]
+    tl.store(g_ptr + p * (2 * BU * BV) + offs, xr * coef)
+    tl.store(g_ptr + p * (2 * BU * BV) + BU * BV + offs, xi * coef)
+
+
+@triton.jit(do_not_specialize=["grad_stride", "C"])
+def _large_synthesis_kernel(
+    grad_ptr, grad_stride, x_ptr, value_ptr, stats_ptr, g_ptr, dx_ptr, ch_ptr, sh_ptr, cw_ptr, sw_ptr, C,
+    H: tl.constexpr, W: tl.constexpr, BH: tl.constexpr, BU: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr,
+    BK: tl.constexpr, BUK: tl.constexpr, BAND_CMP: tl.constexpr, COMPLEMENT: tl.constexpr, ACC: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """dx_p = s_b k_b (S(m X'_p) - N rho_b x'_p) on rows r0 .. r0 + BR of plane p (grid: planes x row tiles),
+    S(m X') = Re (C_U + i S_U)^T G (C_V + i S_V)^T (+ N x' for a complement rectangle).
+
+    Memory: reads G (L2), the tile's rows of x and the DFT factors; writes the tile's rows of dx once.
+    """
+    p = tl.program_id(0).to(tl.int64)
+    r0 = tl.program_id(1) * BR
+    s, k, rho, rest = _grad_scalars(grad_ptr, grad_stride, value_ptr, stats_ptr, p // C, COMPLEMENT, ACC)
+    if BAND_CMP:
         x_coef = rest * (H * W)
     else:
-        band_sign = 1.0
         x_coef = -rho * (H * W)
+    # Z = (C_U + i S_U)^T G over the tile's rows, accumulated over slices of BUK band rows (smaller live operands)
+    zr = tl.zeros((BR, BV), dtype=ACC)
+    zi = tl.zeros((BR, BV), dtype=ACC)
+    ru = tl.arange(0, BUK)
+    rv = tl.arange(0, BV)
+    rr = r0 + tl.arange(0, BR)[:, None]
+    for u0 in range(0, BU, BUK):
+        offs = (u0 + ru)[:, None] * BV + rv[None, :]
+        gr = tl.load(g_ptr + p * (2 * BU * BV) + offs)
+        gi = tl.load(g_ptr + p * (2 * BU * BV) + BU * BV + offs)
+        tab = (u0 + ru)[None, :] * BH + rr
+        cht = tl.load(ch_ptr + tab, mask=rr < H, other=0.0)
+        sht = tl.load(sh_ptr + tab, mask=rr < H, other=0.0)
+        zr = tl.dot(cht, gr, zr, input_precision=PREC)
+        zr = tl.dot(-sht, gi, zr, input_precision=PREC)
+        zi = tl.dot(cht, gi, zi, input_precision=PREC)
+        zi = tl.dot(sht, gr, zi, input_precision=PREC)
     xp = x_ptr + p * (H * W)
     dp = dx_ptr + p * (H * W)
-    xr, xi, _ = _rect_spectrum(xp, s, ch_ptr, sh_ptr, cw_ptr, sw_ptr, H, W, BH, BU, BV, BR, BK, ACC, PREC)
-    coef = _rect_coef(w_ptr, q_lo, q_hi, H, W, BU, BV, UR, NU, VB, HAS_WEIGHT, ACC) * band_sign
-    gr = xr * coef
-    gi = xi * coef
-    for r0 in range(0, H, BR):
-        cht, sht = _row_factor_tile(ch_ptr, sh_ptr, r0, H, BH, BU, BR, True)
-        zr = tl.dot(cht, gr, input_precision=PREC)  # Z = (C_U + i S_U)^T G over the tile's rows
-        zr = tl.dot(-sht, gi, zr, input_precision=PREC)
-        zi = tl.dot(cht, gi, input_precision=PREC)
-        zi = tl.dot(sht, gr, zi, input_precision=PREC)
-        rr = r0 + tl.arange(0, BR)[:, None]
-        for k0 in range(0, W, BK):
-            cwt, swt = _column_factors(cw_ptr, sw_ptr, k0, W, BK, BV, True)
-            synth = tl.dot(zr, cwt, input_precision=PREC)  # Re(Z (C_V + i S_V)^T)
-            synth = tl.dot(-zi, swt, synth, input_precision=PREC)
-            xt = _plane_tile(xp, r0, k0, H, W, BR, BK, ACC) * s
-            dx = (k * (synth + x_coef * xt)) * s
-            rk = k0 + tl.arange(0, BK)[None, :]
-            tl.store(dp + rr * W + rk, dx.to(dx_ptr.dtype.element_ty), mask=(rr < H) & (rk < W))
+    for k0 in range(0, W, BK):
+        cwt, swt = _column_factors(cw_ptr, sw_ptr, k0, W, BK, BV, True)
+        synth = tl.dot(zr, cwt, input_precision=PREC)  # Re(Z (C_V + i S_V)^T)
+        synth = tl.dot(-zi, swt, synth, input_precision=PREC)
+        xt = _plane_tile(xp, r0, k0, H, W, BR, BK, ACC) * s
+        dx = (k * (synth + x_coef * xt)) * s
+        rk = k0 + tl.arange(0, BK)[None, :]
+        tl.store(dp + rr * W + rk, dx.to(dx_ptr.dtype.element_ty), mask=(rr < H) & (rk < W))
 
 
 # --------------------------------------------------------------------------- host side
@@ -264,9 +298,16 @@ def gemm_meta(h: int, w: int, dtype: torch.dtype, q_lo: int, q_hi: int, has_weig
     ``scripts/triton_compile_check.py``), and the mask limits."""
     ur, nu, vb, band_cmp, mask_lo, mask_hi = band_rect(h, w, q_lo, q_hi, has_weight)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
-    consts = dict(H=h, W=w, BH=_block(h), BU=_block(nu), BV=_block(vb), UR=ur, NU=nu, VB=vb, BR=BR, BK=BK,
+    consts = dict(H=h, W=w, BH=_block(h), BU=_block(nu), BV=_block(vb), UR=ur, NU=nu, VB=vb, BR=BR_SPECTRUM, BK=BK,
                   HAS_WEIGHT=has_weight, BAND_CMP=band_cmp, ACC=_tl_acc(acc), PREC=prec or dot_precision(acc, "tf32x3"))
-    return dict(consts=consts, limits=(mask_lo, mask_hi), bw=_block(w), num_warps=NUM_WARPS)
+    names = dict(
+        forward=("H", "W", "BH", "BU", "BV", "UR", "NU", "VB", "BR", "BK", "HAS_WEIGHT", "ACC", "PREC"),
+        spectrum=("H", "W", "BH", "BU", "BV", "UR", "NU", "VB", "BR", "BK", "HAS_WEIGHT", "BAND_CMP", "ACC", "PREC"),
+        synthesis=("H", "W", "BH", "BU", "BV", "BR", "BK", "BAND_CMP", "ACC", "PREC"))
+    kernels = {kind: {n: consts[n] for n in keys} for kind, keys in names.items()}
+    kernels["forward"]["BWF"] = _block(w)
+    kernels["synthesis"].update(BR=BR_SYNTHESIS, BUK=BUK)
+    return dict(consts=consts, kernels=kernels, limits=(mask_lo, mask_hi), bw=_block(w), num_warps=NUM_WARPS)
 
 
 @functools.lru_cache(maxsize=256)
@@ -305,8 +346,7 @@ def ratio(x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, complement:
     value = torch.empty((b,), device=x.device, dtype=acc)
     stats = torch.empty((b, 2), device=x.device, dtype=acc)
     w_arg = weight if weight is not None else part  # never read without a weight map
-    fwd = {n: k[n] for n in ("H", "W", "BH", "BU", "BV", "UR", "NU", "VB", "BR", "BK", "HAS_WEIGHT", "ACC", "PREC")}
-    _large_ratio_kernel[(b * c,)](x, w_arg, part, ch, sh, cw, sw, lo, hi, BWF=meta["bw"], **fwd,
+    _large_ratio_kernel[(b * c,)](x, w_arg, part, ch, sh, cw, sw, lo, hi, **meta["kernels"]["forward"],
                                   num_warps=meta["num_warps"])
     _large_finish_kernel[(b,)](part, value, stats, c, N=h * w, BAND_CMP=k["BAND_CMP"], COMPLEMENT=bool(complement),
                                ACC=k["ACC"], num_warps=1)
@@ -321,8 +361,13 @@ def ratio_backward(grad: Tensor, x: Tensor, weight: Optional[Tensor], q_lo: int,
     b, c, h, w = x.shape
     (ch, sh, cw, sw), meta = plan
     lo, hi = meta["limits"]
+    k = meta["consts"]
+    g = torch.empty((b * c, 2, k["BU"], k["BV"]), device=x.device, dtype=value.dtype)
     dx = torch.empty_like(x)
     w_arg = weight if weight is not None else value
-    _large_ratio_bwd_kernel[(b * c,)](grad, grad.stride(0), x, w_arg, value, stats, dx, ch, sh, cw, sw, lo, hi, c,
-                                      COMPLEMENT=bool(complement), **meta["consts"], num_warps=meta["num_warps"])
+    _large_grad_spectrum_kernel[(b * c,)](x, w_arg, stats, g, ch, sh, cw, sw, lo, hi, c, **meta["kernels"]["spectrum"],
+                                          num_warps=meta["num_warps"])
+    _large_synthesis_kernel[(b * c, triton.cdiv(h, BR_SYNTHESIS))](
+        grad, grad.stride(0), x, value, stats, g, dx, ch, sh, cw, sw, c, COMPLEMENT=bool(complement),
+        **meta["kernels"]["synthesis"], num_warps=meta["num_warps"])
     return dx
