@@ -9,20 +9,24 @@ by BK columns, so a plane never has to fit in registers and no spectrum is writt
     X  += (C_U - i S_U)[:, r] Y_r           (NU, VB): accumulated over the row tiles r
 
 with C_U, S_U (NU x H) the rows u of the rectangle (``band_rect``) and C_V, S_V (W x VB), the same factors as
-the DFT path (``_row_factors``, ``_dft_matrices``). Per forward+backward that is about 4 (2 VB H W + 4 NU VB H)
-flops per plane (at (32, 3, 224, 224), cutoff 0.25: 2.5 GFLOP) instead of two full FFTs.
+the DFT path (``_row_factors``, ``_dft_matrices``). A forward+backward runs three such transforms (the backward
+recomputes the band spectrum, then synthesises), 6 (2 VB H W + 4 NU VB H) flops per plane: 2.5 GFLOP at
+(32, 3, 224, 224) and cutoff 0.25, instead of two full FFTs.
 
-Kernels (one program per plane, P = B C programs):
+Kernels:
 
-* ``_large_ratio_kernel``: pass 1 reads the plane for its max, giving the plane's power-of-two scale s_p
+* ``_large_ratio_kernel`` (one program per plane, B C programs): pass 1 reads the plane for its max, giving the plane's power-of-two scale s_p
   (s_p max|x_p| in [1, 4)); pass 2 streams it again (from L2) through the transform and writes
   ``[s_p, E_rect(s_p x_p), sum (s_p x_p)^2]``.
 * ``_large_finish_kernel`` (one program per sample): the sample's scale s_b = min_p s_p over its non-zero
   planes, the planes' sums rescaled by the exact powers of two (s_b / s_p)^2, and the value and stats of the
   ratio contract (``stats = [s_b, E_all(s_b x_b)]``, as :func:`.triton_ratio.ratio`).
-* ``_large_ratio_bwd_kernel``: recomputes X of s_b x_p (one pass), forms G = coef X, then synthesises row tile by
-  row tile, ``dx = k (Re (C_U + i S_U)^T G (C_V + i S_V)^T + x_coef x')``, reading the plane a second time for the
-  ``x`` term and writing dx once.
+* ``_large_grad_spectrum_kernel`` (one program per plane): recomputes X of s_b x_p (one pass over the plane) and
+  writes the band gradient spectrum G = +-coef X (2 BU BV numbers per plane, 16 KB at 224 x 224).
+* ``_large_synthesis_kernel`` (one program per plane and tile of BR rows): ``dx = s_b k_b (Re (C_U + i S_U)^T G
+  (C_V + i S_V)^T + x_coef x')`` on its rows, reading G from L2 and the rows of x for the ``x`` term, writing dx
+  once. Splitting the backward keeps each kernel's live operands small (no spills) and gives the synthesis
+  B C H / BR programs.
 
 A band with no upper limit (the high band) is computed as its complement, as on the DFT path (``band_rect``).
 The path serves rectangles of up to ``MAX_BU`` x ``MAX_BV`` padded bins (the two (BU, BV) accumulators stay in
