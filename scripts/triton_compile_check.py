@@ -34,12 +34,16 @@ CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia",
 
 
 def compile_kernel(kernel, types: dict, consts: dict, num_warps: int, arch: int) -> str:
-    """Compile one specialisation; return a one-line resource report."""
+    """Compile one specialisation (``consts`` may carry the launch's ``num_stages``); return a one-line report."""
+    options = {"num_warps": num_warps}
+    if "num_stages" in consts:
+        consts = dict(consts)
+        options["num_stages"] = consts.pop("num_stages")
     signature = {name: ("constexpr" if name in consts else types[name]) for name in kernel.arg_names}
     constexprs = {(kernel.arg_names.index(k),): v for k, v in consts.items()}
     start = time.perf_counter()
     compiled = triton.compile(ASTSource(kernel, signature, constexprs=constexprs), target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": num_warps})
+                              options=options)
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
         f.flush()
@@ -50,7 +54,8 @@ def compile_kernel(kernel, types: dict, consts: dict, num_warps: int, arch: int)
     keys = ("C", "H", "W", "NU", "VB", "BR", "HAS_WEIGHT", "BAND_CMP", "POWER", "ACC", "PREC", "PLANES", "BLOCK",
             "IS_MAG")
     shown = " ".join(f"{k}={v}" for k, v in consts.items() if k in keys)
-    return (f"{kernel.fn.__name__:27s} {shown:70s} warps={num_warps} regs={regs:>3s} stack={stack:>5s}B "
+    stages = f" stages={options['num_stages']}" if "num_stages" in options else ""
+    return (f"{kernel.fn.__name__:27s} {shown:70s} warps={num_warps}{stages} regs={regs:>3s} stack={stack:>5s}B "
             f"smem={compiled.metadata.shared}B mma={mma_share(sass)} {time.perf_counter() - start:.1f}s")
 
 
@@ -140,7 +145,8 @@ def large_cases(sizes):
                 kernels, warps = meta["kernels"], meta["num_warps"]
                 yield tl_large._large_ratio_kernel, types, kernels["forward"], warps
                 yield tl_large._large_grad_spectrum_kernel, types, kernels["spectrum"], warps
-                yield tl_large._large_synthesis_kernel, types, dict(kernels["synthesis"], COMPLEMENT=True), warps
+                synthesis = dict(kernels["synthesis"], COMPLEMENT=True, num_stages=tl_large.SYNTHESIS_STAGES)
+                yield tl_large._large_synthesis_kernel, types, synthesis, warps
             if dtype != torch.bfloat16:
                 acc = tl.float64 if dtype == torch.float64 else tl.float32
                 consts = dict(N=h * w, BAND_CMP=False, COMPLEMENT=True, ACC=acc)

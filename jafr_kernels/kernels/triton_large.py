@@ -72,6 +72,8 @@ BK = 32
 # TF32 split of G and of the row factors spilled ~2 KB per thread on sm_90; 16 at a time, none.
 BUK = 16
 NUM_WARPS = 4
+# Software-pipelining stages of the synthesis loop: 1 (Triton's default of 3 spilled 8 bytes per thread on sm_90).
+SYNTHESIS_STAGES = 1
 
 
 # --------------------------------------------------------------------------- device helpers
@@ -373,5 +375,5 @@ def ratio_backward(grad: Tensor, x: Tensor, weight: Optional[Tensor], q_lo: int,
                                           num_warps=meta["num_warps"])
     _large_synthesis_kernel[(b * c, triton.cdiv(h, BR_SYNTHESIS))](
         grad, grad.stride(0), x, value, stats, g, dx, ch, sh, cw, sw, c, COMPLEMENT=bool(complement),
-        **meta["kernels"]["synthesis"], num_warps=meta["num_warps"])
+        **meta["kernels"]["synthesis"], num_warps=meta["num_warps"], num_stages=SYNTHESIS_STAGES)
     return dx
