@@ -261,3 +261,23 @@ def test_cpp_scale_spans_chunks(monkeypatch):
     value, dx = _cpp_case(x, mask, False, grad)
     value_ref, dx_ref = _reference(x, mask, False, grad)
     assert rel_err(value, value_ref) <= TOL and rel_err(dx, dx_ref) <= TOL
+
+
+# =========================================================================== benchmark calls of the forced paths
+@pytest.mark.parametrize("impl", ["cpu_kernels@partial", "cpu_kernels@full", "triton_kernels@gemm", "triton_kernels@fft"])
+def test_forced_path_benchmark_calls_give_the_penalty_gradient(impl):
+    """The quick benchmark's ``<backend>_kernels@<path>`` calls compute the gradient of the mean complement ratio."""
+    from benchmarks import configs
+    from benchmarks.calls import build_quick_call, make_input
+
+    if impl.startswith("triton"):
+        _triton()
+    else:
+        _cpp()
+    device = DEVICE.type if impl.startswith("triton") else "cpu"
+    case = configs.KernelCase("freq_penalty", "fwd+bwd", impl, (2, 1, 67, 65), 0.25, "fp32", device)
+    dx = build_quick_call(case, {})()
+    x = make_input(case.shape, "fp32", device, seed=0)
+    grad = torch.full((2,), 0.5)
+    _, dx_ref = _reference(x, RadialBand.low(0.25), True, grad)
+    assert rel_err(dx, dx_ref) <= TOL
