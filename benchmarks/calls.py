@@ -164,6 +164,33 @@ def fused_kernels_call(backend: str, x: torch.Tensor, cutoff: float) -> Callable
     return forward_backward
 
 
+def forced_path_call(backend: str, path: str, x: torch.Tensor, cutoff: float) -> Callable[[], object]:
+    """The backend's ratio forward and backward called directly on one transform path (``configs.QUICK_LARGE_CASES``):
+    Triton ``dft`` / ``gemm`` / ``fft``, the C++ backend ``fused`` / ``partial`` / ``full``."""
+    from jafr_kernels.reference import RadialBand
+
+    q_lo, q_hi = RadialBand.low(cutoff).q_limits(*x.shape[-2:])
+    grad = torch.full((x.shape[0],), 1.0 / x.shape[0], device=x.device)
+    if backend == "triton":
+        from jafr_kernels.kernels import triton_ratio as tr
+
+        forward = functools.partial(tr.ratio, x, None, q_lo, q_hi, True, path=path)
+        backward = functools.partial(tr.ratio_backward, grad, x, None, q_lo, q_hi, True, path=path)
+    else:
+        from jafr_kernels.kernels import cpp
+
+        code = cpp._PATHS[path]
+        forward = functools.partial(torch.ops.jafr_cpp.band_ratio, x, None, q_lo, q_hi, True, code)
+        backward = lambda value, stats: torch.ops.jafr_cpp.band_ratio_backward(  # noqa: E731
+            grad, x, None, q_lo, q_hi, True, value, stats, code)
+
+    def forward_backward():
+        value, stats = forward()
+        return backward(value, stats)
+
+    return forward_backward
+
+
 def build_quick_call(case: KernelCase, compiled: dict, seed: int = 0) -> Callable[[], object]:
     """One forward+backward of ``case`` with no synchronisation (the quick benchmark times many back to back)."""
     x = make_input(case.shape, case.dtype, case.device, seed)
@@ -171,6 +198,9 @@ def build_quick_call(case: KernelCase, compiled: dict, seed: int = 0) -> Callabl
         dst = torch.empty_like(x)
         return lambda: dst.copy_(x)
     h, w = case.shape[-2:]
+    if "@" in case.impl:
+        backend, path = case.impl.split("@")
+        return forced_path_call(backend.removesuffix("_kernels"), path, x, case.cutoff)
     if case.impl.endswith("_kernels"):
         return fused_kernels_call(case.impl.removesuffix("_kernels"), x, case.cutoff)
     if case.impl == "autograd_floor":

@@ -228,6 +228,22 @@ def quick_breakdown_table(results: dict) -> str:
     return _table(["shape", "impl", "ms/call", "host us/call", "device busy us/call", "graph replay ms/call", "launches"], lines)
 
 
+def quick_paths_table(results: dict) -> str:
+    """The large-plane transforms forced one at a time (``configs.QUICK_LARGE_CASES``), per cutoff: per-call time,
+    device busy time, CUDA-graph replay and the device time as a multiple of the copy floor."""
+    rows = [r for r in results["rows"] if r.get("kind") == "quick" and "@" in r["impl"]]
+    copy = _quick_row(results["rows"], "copy", configs.QUICK_LARGE_SHAPE)
+    floor = copy and (copy.get("device_s_per_call") or copy["per_call_s"])
+    lines = []
+    for r in sorted(rows, key=lambda r: (r["cutoff"], r["impl"])):
+        device, graph = r.get("device_s_per_call"), r.get("graph_s_per_call")
+        lines.append([_shape(r["shape"]), f"{r['cutoff']:g}", r["impl"], _fmt(r["per_call_s"] * 1e3, ".3f"),
+                      _fmt(device and device * 1e6, ".0f"), _fmt(graph and graph * 1e3, ".3f"),
+                      _fmt(r["launches_per_call"], ".0f"), _fmt(device and floor and device / floor, ".1f")])
+    return _table(["shape", "cutoff", "impl", "ms/call", "device busy us/call", "graph replay ms/call", "launches",
+                   "device / copy floor"], lines)
+
+
 def _train_times(rows: list[dict], variant: str = "fp32") -> dict:
     """``{model: {method: row}}`` of the training steps of one variant (fp32, or e.g. bf16+channels_last)."""
     out: dict = {}
@@ -487,6 +503,11 @@ def markdown(results: dict, *, full: bool = False) -> str:
                   "`triton_kernels` / `cuda_kernels`: the backend's fused forward and backward called directly; "
                   "`autograd_floor`: empty autograd.Function under the same mean and autograd.grad.", "",
                   quick_breakdown_table(results), ""]
+        if any("@" in r["impl"] for r in results["rows"]):
+            parts += ["#### Large planes: each transform path forced, fp32 (the GEMM / FFT crossover)", "",
+                      "`<backend>_kernels@<path>`: the backend's ratio forward and backward on that path; Triton `gemm` "
+                      "(band-limited DFT in tl.dot tiles) and `fft` (cuFFT), C++ `partial` (band-limited DFT as two "
+                      "batched GEMMs each way) and `full` (cuFFT).", "", quick_paths_table(results), ""]
         return "\n".join(parts)
     parts += ["#### Kernels, forward+backward, cutoff 0.25, fp32 (speed-up over the eager reference)", "", kernel_table(results, mode="fwd+bwd"), ""]
     if full:

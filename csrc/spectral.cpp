@@ -129,9 +129,9 @@ Bins make_bins(const at::Tensor& x, const c10::optional<at::Tensor>& weight_opt,
     attach_table(b, x, st);
     return b;
   }
-  // Real multiply-adds per plane: the partial transform (forward) vs a full real FFT (~2.5 N log2 N flops,
-  // at several times lower throughput than a GEMM). The factor was measured on the CPU; see benchmarks/.
-  const double partial_cost = 2.0 * b.V * H * W + 4.0 * b.U() * b.V * H;
+  // Real multiply-adds per plane of the partial transform (forward), weighted by the device's GEMM cost,
+  // against a full real FFT (~2.5 N log2 N flops). See Stages::gemm_cost for each device's factor.
+  const double partial_cost = st.gemm_cost * (2.0 * b.V * H * W + 4.0 * b.U() * b.V * H);
   const double fft_cost = 2.5 * H * W * std::log2(static_cast<double>(H * W));
   b.full = !b.empty() && (path == kFull || (path != kPartial && partial_cost > fft_cost));
   if (b.full) {
@@ -276,7 +276,8 @@ at::Tensor mean_magnitude_backward(const at::Tensor& grad, const at::Tensor& x, 
 // x' = x 2^e_b (an exact power-of-two scale taken in the stage, so fp32 holds any finite sample); 0 for an
 // all-zero sample, NaN for a sample holding NaN/Inf. stats (B, 2) = [e_b, E_all(x'_b)].
 //
-// Launches per call (CUDA): fused, 1; partial, 4 (scale, two GEMMs, value); full, scale + rfft2 + value.
+// Launches per call (CUDA): fused, 1; partial, 6 (max, scale, two GEMMs, value, finish); full, rfft2 in place of
+// the GEMMs. The unfused stages run one thread block per (sample, chunk of rows) (see Chunks, spectral_math.h).
 std::tuple<at::Tensor, at::Tensor> band_ratio(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
                                               int64_t q_lo, int64_t q_hi, bool complement, int64_t path,
                                               const Stages& st) {
@@ -289,22 +290,20 @@ std::tuple<at::Tensor, at::Tensor> band_ratio(const at::Tensor& x, const c10::op
   const bool partial = !b.full && !b.empty();
   const auto scaled = st.scale(xc, at::Tensor(), partial);
   const at::Tensor& xs = std::get<0>(scaled);
-  const at::Tensor& stats = std::get<1>(scaled);
-  if (b.empty()) return {st.ratio_value(at::empty({0}, acc), 0, b, C, stats, complement), stats};
-  if (b.full) {
-    const at::Tensor spec = at::view_as_real(at::fft_rfft2(xs)).contiguous();
-    return {st.ratio_value(spec, 0, b, C, stats, complement), stats};
-  }
-  // Partial DFT on x' (H, P, W): y = x' cwg (H P, Vp), z = rwg^T y (2U, P Vp).
+  const at::Tensor& parts = std::get<1>(scaled);
+  if (b.empty()) return st.ratio_value(at::empty({0}, acc), 0, b, C, parts, complement);
+  if (b.full) return st.ratio_value(at::view_as_real(at::fft_rfft2(xs)).contiguous(), 0, b, C, parts, complement);
+  // Partial DFT on x' (H, P, W), one GEMM each way over the whole batch: y = x' cwg (H P, Vp), z = rwg^T y
+  // (2U, P Vp).
   const int64_t Vp = padded_width(2 * b.V);
   const at::Tensor y = at::mm(xs.view({H * P, W}), gemm_column_factor(b, acc));
   const at::Tensor z = at::mm(gemm_row_factor(b, acc).t(), y.view({H, P * Vp}));
-  return {st.ratio_value(z, Vp, b, C, stats, complement), stats};
+  return st.ratio_value(z, Vp, b, C, parts, complement);
 }
 
 // d(sum_b grad_b value_b)/dx = grad_b 2^e (2 S_b - 2 N rho_b x') / E_all(x'_b), S the band-weighted low-pass of x'
 // (negated for the complement). Launches (CUDA): fused, 1; partial, 7 (scale, two GEMMs, grad, two GEMMs,
-// combine).
+// combine), each GEMM one call over the whole batch.
 at::Tensor band_ratio_backward(const at::Tensor& grad, const at::Tensor& x, const c10::optional<at::Tensor>& weight,
                                int64_t q_lo, int64_t q_hi, bool complement, const at::Tensor& value,
                                const at::Tensor& stats, int64_t path, const Stages& st) {

@@ -63,6 +63,9 @@ struct Stages {
   // Whether path `auto` runs the band ratio as the fused routine on planes up to kFusedMaxSide: on CUDA (one
   // launch each way); not on the CPU, where the GEMM path is faster than the serial per-sample routine.
   bool fused_by_default;
+  // Relative cost of one multiply-add of the partial DFT's GEMMs against one flop of the FFT estimate
+  // 2.5 N log2 N, in the cost model that picks partial or full (make_bins in spectral.cpp).
+  double gemm_cost;
   // (P,) masked energies sum h_v m |X|^power.
   at::Tensor (*energy)(const at::Tensor& spec, const Bins& bins, int64_t power);
   // (P, U, V, 2) grad_p * scale * (hermitian ? h_v : 1) * m * d|X|^power/dX.
@@ -71,12 +74,13 @@ struct Stages {
   // (P, U, V, 2) scale * g * X/|X| / h_v.
   at::Tensor (*phasor)(const at::Tensor& spec, const at::Tensor& g, int64_t W, double scale);
   // x' = x 2^e in the compute dtype as (P, H, W) planes, or (H, P, W) with `hpw` (the partial DFT's GEMM
-  // layout), and stats (computed, or stats_in's e reused and stats_in returned).
+  // layout), and the per-chunk partial results (2, B, K) = [max |x|, sum x'^2] (e computed from the maxima);
+  // with stats_in, its e is reused and the second result is undefined.
   std::tuple<at::Tensor, at::Tensor> (*scale)(const at::Tensor& x, const at::Tensor& stats_in, bool hpw);
-  // (B,) ratio values from the band spectrum of x' (spec_Vp == 0: canonical; else the GEMM layout (2U, P, Vp))
-  // and the stats.
-  at::Tensor (*ratio_value)(const at::Tensor& spec, int64_t spec_Vp, const Bins& bins, int64_t C,
-                            const at::Tensor& stats, bool complement);
+  // (value (B,), stats (B, 2)) from the band spectrum of x' (spec_Vp == 0: canonical; else the GEMM layout
+  // (2U, P, Vp)) and the partial results of `scale`.
+  std::tuple<at::Tensor, at::Tensor> (*ratio_value)(const at::Tensor& spec, int64_t spec_Vp, const Bins& bins,
+                                                    int64_t C, const at::Tensor& parts, bool complement);
   // The ratio's band gradient k_b * scale * (hermitian ? h_v : 1) * m * 2X before synthesis, written over
   // `spec` (returned) in its layout: canonical, or the partial adjoint's GEMM operand (2U, P, Vp).
   at::Tensor (*ratio_grad)(const at::Tensor& spec, int64_t spec_Vp, const Bins& bins, int64_t C,

@@ -11,6 +11,8 @@ namespace {
 
 struct CpuExec {
   static constexpr bool kFusedByDefault = false;
+  // BLAS GEMMs against pocketfft/MKL transforms: the factor of the cost model measured on the CPU (benchmarks/).
+  static constexpr double kGemmCost = 1.0;
   // routine(item, SerialBlock, work) for every item, items split across the intra-op threads; each thread
   // chunk owns a scratch buffer standing in for the CUDA block's shared memory.
   template <typename T, class R>

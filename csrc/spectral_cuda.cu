@@ -119,6 +119,11 @@ __global__ void __launch_bounds__(kThreads) item_kernel(const R routine) {
 
 struct CudaExec {
   static constexpr bool kFusedByDefault = true;
+  // cuBLAS fp32 GEMMs against cuFFT: an estimate from the H100 runs (benchmarks/README.md): the eager penalty's
+  // rfft2 + irfft2 at (32, 3, 224, 224) (224 = 2^5 7) run at a few TFLOP/s of the 2.5 N log2 N estimate, an
+  // fp32 GEMM at tens. With 0.25 the partial DFT serves 224 x 224 up to a cutoff of about 0.3 and cuFFT the
+  // wider bands; `python -m benchmarks --gpu --quick` times both (cuda_partial, cuda_full) to check it.
+  static constexpr double kGemmCost = 0.25;
   // One launch of item_kernel: a block of block_threads() threads per item, dynamic shared memory for the
   // reduction scratch plus the routine's work buffer (opted in above the 48 KiB default when needed).
   template <typename T, class R>

@@ -69,24 +69,33 @@ struct StageImpl {
     return out;
   }
 
+  // The unfused ratio's stages each run one item per (sample, chunk of rows): see Chunks in spectral_math.h.
   static std::tuple<at::Tensor, at::Tensor> scale(const at::Tensor& x, const at::Tensor& stats_in, bool hpw) {
     const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
     const auto acc = x.options().dtype(compute_type(x.scalar_type()));
+    const Chunks chunks = make_chunks(C * H, W);
     at::Tensor xs = hpw ? at::empty({H, B * C, W}, acc) : at::empty({B * C, H, W}, acc);
-    at::Tensor stats = stats_in.defined() ? stats_in : at::empty({B, 2}, acc);
+    at::Tensor parts = stats_in.defined() ? at::Tensor() : at::empty({2, B, chunks.count}, acc);  // maxima, sums
     JAFR_DISPATCH_INPUT(x.scalar_type(), "jafr_scale", [&] {
+      T* maxima = parts.defined() ? parts.data_ptr<T>() : nullptr;
+      if (maxima != nullptr) {
+        const SampleMaxRoutine<in_t, T> m{x.data_ptr<in_t>(), static_cast<int>(W), C * H * W, chunks, maxima};
+        Exec::template run<T>(B * chunks.count, m, x);
+      }
       const ScaleRoutine<in_t, T> r{x.data_ptr<in_t>(),
                                     static_cast<int>(C),
                                     static_cast<int>(H),
                                     static_cast<int>(W),
                                     B * C,
                                     hpw,
+                                    chunks,
                                     stats_in.defined() ? stats_in.data_ptr<T>() : nullptr,
+                                    maxima,
                                     xs.data_ptr<T>(),
-                                    stats.data_ptr<T>()};
-      Exec::template run<T>(B, r, x);
+                                    maxima != nullptr ? maxima + B * chunks.count : nullptr};
+      Exec::template run<T>(B * chunks.count, r, x);
     });
-    return {xs, stats};
+    return {xs, parts};
   }
 
   template <typename T>
@@ -95,27 +104,41 @@ struct StageImpl {
                        static_cast<int>(spec_Vp)};
   }
 
-  static at::Tensor ratio_value(const at::Tensor& spec, int64_t spec_Vp, const Bins& bins, int64_t C,
-                                const at::Tensor& stats, bool complement) {
-    const int64_t B = stats.size(0);
-    at::Tensor value = at::empty({B}, stats.options());
-    AT_DISPATCH_FLOATING_TYPES(stats.scalar_type(), "jafr_ratio_value", [&] {
+  static std::tuple<at::Tensor, at::Tensor> ratio_value(const at::Tensor& spec, int64_t spec_Vp, const Bins& bins,
+                                                        int64_t C, const at::Tensor& parts, bool complement) {
+    const int64_t B = parts.size(1), x_chunks = parts.size(2);
+    const Chunks chunks = make_chunks(C * bins.U(), bins.V);
+    at::Tensor energies = at::empty({B, chunks.count}, parts.options());
+    at::Tensor value = at::empty({B}, parts.options()), stats = at::empty({B, 2}, parts.options());
+    AT_DISPATCH_FLOATING_TYPES(parts.scalar_type(), "jafr_ratio_value", [&] {
       const RatioValueRoutine<scalar_t> r{spec_view<scalar_t>(spec, spec_Vp, bins, B * C), bins.band<scalar_t>(),
-                                          static_cast<int>(C), stats.data_ptr<scalar_t>(), complement,
-                                          value.data_ptr<scalar_t>()};
-      Exec::template run<scalar_t>(B, r, stats);
+                                          static_cast<int>(C), chunks, energies.data_ptr<scalar_t>()};
+      Exec::template run<scalar_t>(B * chunks.count, r, parts);
+      const scalar_t* maxima = parts.data_ptr<scalar_t>();
+      const RatioFinishRoutine<scalar_t> f{maxima,
+                                           maxima + B * x_chunks,
+                                           static_cast<int>(x_chunks),
+                                           energies.data_ptr<scalar_t>(),
+                                           chunks.count,
+                                           bins.H * bins.W,
+                                           complement,
+                                           value.data_ptr<scalar_t>(),
+                                           stats.data_ptr<scalar_t>()};
+      Exec::template run<scalar_t>(B, f, parts);
     });
-    return value;
+    return {value, stats};
   }
 
   static at::Tensor ratio_grad(const at::Tensor& spec, int64_t spec_Vp, const Bins& bins, int64_t C,
                                const at::Tensor& grad, const at::Tensor& value, const at::Tensor& stats,
                                bool complement, double scale, bool hermitian) {
     const int64_t B = stats.size(0), P = B * C;
+    const Chunks chunks = make_chunks(C * bins.U(), bins.V);
     AT_DISPATCH_FLOATING_TYPES(stats.scalar_type(), "jafr_ratio_grad", [&] {
       const RatioGradRoutine<scalar_t> r{spec_view<scalar_t>(spec, spec_Vp, bins, P),
                                          bins.band<scalar_t>(),
                                          static_cast<int>(C),
+                                         chunks,
                                          grad.data_ptr<scalar_t>(),
                                          grad.stride(0),
                                          value.data_ptr<scalar_t>(),
@@ -124,7 +147,7 @@ struct StageImpl {
                                          static_cast<scalar_t>(scale),
                                          hermitian,
                                          spec.data_ptr<scalar_t>()};
-      Exec::template run<scalar_t>(B, r, stats);
+      Exec::template run<scalar_t>(B * chunks.count, r, stats);
     });
     return spec;
   }
@@ -132,6 +155,7 @@ struct StageImpl {
   static at::Tensor ratio_combine(const at::Tensor& syn, bool hpw, const at::Tensor& x, const at::Tensor& grad,
                                   const at::Tensor& value, const at::Tensor& stats, bool complement) {
     const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+    const Chunks chunks = make_chunks(C * H, W);
     at::Tensor dx = !hpw && syn.scalar_type() == x.scalar_type() ? syn.view(x.sizes()) : at::empty(x.sizes(), x.options());
     JAFR_DISPATCH_INPUT(x.scalar_type(), "jafr_ratio_combine", [&] {
       const RatioCombineRoutine<in_t, T> r{syn.data_ptr<T>(),
@@ -141,13 +165,14 @@ struct StageImpl {
                                            static_cast<int>(H),
                                            static_cast<int>(W),
                                            B * C,
+                                           chunks,
                                            grad.data_ptr<T>(),
                                            grad.stride(0),
                                            value.data_ptr<T>(),
                                            stats.data_ptr<T>(),
                                            complement,
                                            dx.data_ptr<in_t>()};
-      Exec::template run<T>(B, r, x);
+      Exec::template run<T>(B * chunks.count, r, x);
     });
     return dx;
   }
@@ -211,9 +236,9 @@ struct StageImpl {
   }
 
   static Stages table() {
-    return Stages{&band_table,    Exec::kFusedByDefault, &energy,      &energy_grad,          &phasor,
-                  &scale,         &ratio_value,          &ratio_grad,  &ratio_combine,        &fused_ratio,
-                  &fused_ratio_backward, &fused_ratio_and_grad};
+    return Stages{&band_table,  Exec::kFusedByDefault, Exec::kGemmCost, &energy,        &energy_grad,
+                  &phasor,      &scale,                &ratio_value,    &ratio_grad,    &ratio_combine,
+                  &fused_ratio, &fused_ratio_backward, &fused_ratio_and_grad};
   }
 };
 

@@ -6,9 +6,12 @@
 #   1. build the C++/CUDA extension in place against the installed torch, for the visible GPU's
 #      architecture (TORCH_CUDA_ARCH_LIST from the device);
 #   2. the GPU tests: tests/test_gpu.py (cuda and triton backends through the public API, sync-free default
-#      path, launch counts) and tests/test_triton_ratio.py on the compiled kernels (pytest-xdist when present);
-#   3. python -m benchmarks --gpu --quick: the headline freq_penalty cases, results as JSON + markdown named
-#      after the device;
+#      path, launch counts), tests/test_triton_ratio.py, tests/test_penalty_and_grad_gpu.py (the fused
+#      value-and-gradient op) and tests/test_large_planes.py (the large-plane paths, 224 x 224 included) on
+#      the compiled kernels (pytest-xdist when present);
+#   3. python -m benchmarks --gpu --quick: the headline freq_penalty cases, and each large-plane transform path
+#      forced at (32, 3, 224, 224) and cutoffs 0.25 / 0.5 (the GEMM / cuFFT crossover) next to the eager penalty
+#      and the copy of J, results as JSON + markdown named after the device;
 #   4. python -m benchmarks --gpu --only training: the training steps side by side (standard, double
 #      backward, finite differences, lazy and sub-batch finite differences; small CNN and PreAct ResNet-18;
 #      ResNet-18 also with bf16 + channels_last, and compiled), each as a ratio to the standard step of the
@@ -20,11 +23,11 @@
 # Usage: scripts/device_check.sh. Environment: PYTHON (default python3), RESULTS_DIR (default
 # benchmarks/results), JAFR_GIT_REVISION (the commit a copied tree was made from; recorded instead of what
 # its .git says), and the steps' limits in seconds, BUILD_TIMEOUT / TEST_TIMEOUT / BENCH_TIMEOUT /
-# STEP_TIMEOUT / PROBE_TIMEOUT / TRITON_TIMEOUT (90 / 90 / 110 / 150 / 30 / 240; 0 skips a step). On an
-# H100 the steps took 37 / 43 / 49 / - / 5 s; the Triton suite ran 42% of its tests in 100 s with 16
-# workers (so about 200 s whole): about 8 minutes in all with the step benchmark. Each benchmark stops
-# starting cases 40 s before its limit (the compiled cases come last), so it always writes the results of
-# the cases it timed.
+# STEP_TIMEOUT / PROBE_TIMEOUT / TRITON_TIMEOUT (90 / 120 / 130 / 150 / 30 / 120; 0 skips a step). On an
+# H100 the steps took 37 / 43 / 49 / - / 5 s before the large-plane, value-and-gradient and training-step
+# cases were added; the Triton suite ran 42% of its tests in 100 s with 16 workers (it is last and the least
+# needed). At most about 11 minutes in all. Each benchmark stops starting cases 40 s before its limit (the
+# compiled cases come last), so it always writes the results of the cases it timed.
 # DRY_RUN=1 to print the commands instead of running them (works without a GPU).
 set -uo pipefail
 
@@ -32,10 +35,10 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 RESULTS_DIR="${RESULTS_DIR:-benchmarks/results}"
 BUILD_TIMEOUT="${BUILD_TIMEOUT:-90}"
-TEST_TIMEOUT="${TEST_TIMEOUT:-90}"
-BENCH_TIMEOUT="${BENCH_TIMEOUT:-110}"
+TEST_TIMEOUT="${TEST_TIMEOUT:-120}"
+BENCH_TIMEOUT="${BENCH_TIMEOUT:-130}"
 STEP_TIMEOUT="${STEP_TIMEOUT:-150}"
-TRITON_TIMEOUT="${TRITON_TIMEOUT:-240}"
+TRITON_TIMEOUT="${TRITON_TIMEOUT:-120}"
 PROBE_TIMEOUT="${PROBE_TIMEOUT:-30}"
 DRY_RUN="${DRY_RUN:-0}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -87,7 +90,7 @@ step() {  # step <name> <seconds> <command...>: run with a time limit, log it, r
 step build "$BUILD_TIMEOUT" env TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="${MAX_JOBS:-8}" JAFR_FORCE_CUDA=1 \
     "$PYTHON" setup.py -q build_ext --inplace
 step gpu-tests "$TEST_TIMEOUT" env JAFR_TRITON_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -rs -s -p no:cacheprovider \
-    $xdist $timeout_opt tests/test_gpu.py tests/test_triton_ratio.py
+    $xdist $timeout_opt tests/test_gpu.py tests/test_triton_ratio.py tests/test_penalty_and_grad_gpu.py tests/test_large_planes.py
 step bench "$BENCH_TIMEOUT" "$PYTHON" -m benchmarks --gpu --quick --no-readme --out "$RESULTS_DIR" \
     --time-limit "$((BENCH_TIMEOUT > 80 ? BENCH_TIMEOUT - 40 : BENCH_TIMEOUT / 2))"
 step train-steps "$STEP_TIMEOUT" "$PYTHON" -m benchmarks --gpu --only training --no-readme --out "$RESULTS_DIR" \

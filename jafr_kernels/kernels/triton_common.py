@@ -73,12 +73,14 @@ def _tl_acc(dtype: torch.dtype):
 
 def dot_precision(dtype: torch.dtype, default: str) -> str:
     """``tl.dot`` input precision for products in ``dtype``: always IEEE for fp64; for fp32 the environment's
-    ``JAFR_TRITON_DOT`` (``ieee``, ``tf32x3`` or ``tf32``) if set, else the kernel's ``default``."""
+    ``JAFR_TRITON_DOT`` (``ieee``, ``tf32x3``, ``bf16x3`` or ``tf32``) if set, else the kernel's ``default``.
+    (``bf16x3``, three bf16 products, needs a Triton that offers it on the target; its error:
+    ``scripts/large_plane_precision.py``.)"""
     if dtype == torch.float64:
         return "ieee"
     choice = os.environ.get("JAFR_TRITON_DOT") or default
-    if choice not in ("ieee", "tf32x3", "tf32"):
-        raise ValueError(f"JAFR_TRITON_DOT must be 'ieee', 'tf32x3' or 'tf32', got {choice!r}")
+    if choice not in ("ieee", "tf32x3", "bf16x3", "tf32"):
+        raise ValueError(f"JAFR_TRITON_DOT must be 'ieee', 'tf32x3', 'bf16x3' or 'tf32', got {choice!r}")
     return choice
 
 

@@ -17,8 +17,9 @@ C_V, S_V (W x VB). At 32 x 32 and cutoff 0.25 that is 9 of 32 rows and 5 of 17 c
 limit (a high band ``q >= q_lo``) is computed as its complement: E_band = E_all - E_low(q_lo - 1) and
 S(m X) = N x - S(m_low X), so it costs the same small transform. Weight maps use every row and column. The
 backward recomputes the band spectrum (it costs less than storing and re-reading it) and writes dx once.
-Larger planes (``"fft"`` path): ``torch.fft.rfft2`` (cuFFT) and one fused kernel each way; the backward's
-gradient is one c2r inverse, ``dx = 2 s / E' irfft2((m - rho) s X, norm="forward")``.
+Larger planes: the same band-limited transform streamed in tiles (``"gemm"`` path, :mod:`.triton_large`) while
+the band's rectangle fits its accumulators; else (``"fft"`` path) ``torch.fft.rfft2`` (cuFFT) and one fused
+kernel each way; the backward's gradient is one c2r inverse, ``dx = 2 s / E' irfft2((m - rho) s X, norm="forward")``.
 
 Precision: x is upcast after the load; energies accumulate in fp32 (fp64 for fp64 input). For fp32 the
 products use the 3-pass TF32 split (``tf32x3``): each operand is split into a TF32 head and tail and the
@@ -429,19 +430,25 @@ def _row_factors(h: int, ur: int, nu: int, bu: int, bh: int, device: torch.devic
 
 
 def ratio_path(h: int, w: int, rect: tuple[int, int], path: str = "auto") -> str:
-    """``"dft"`` (band-limited matrix DFT) or ``"fft"`` for H x W planes whose rectangle has ``rect`` = (NU, VB).
+    """``"dft"`` (band-limited matrix DFT), ``"gemm"`` (the same, streamed in tiles: :mod:`.triton_large`) or
+    ``"fft"`` for H x W planes whose rectangle has ``rect`` = (NU, VB).
 
     ``auto``: the DFT up to 32 x 32, and up to 64 x 64 while the rectangle fits 32 x 16 blocks (wider ones
     need more registers and shared memory than a multiprocessor has: ``scripts/triton_compile_check.py``);
-    else the FFT. ``path`` (the launchers also read the environment's ``JAFR_TRITON_PATH``) forces one.
+    else the tiled GEMM path while the rectangle fits its accumulators, else the FFT. ``path`` (the launchers
+    also read the environment's ``JAFR_TRITON_PATH``) forces one.
     """
-    if path not in ("auto", "dft", "fft"):
-        raise ValueError(f"path must be 'auto', 'dft' or 'fft', got {path!r}")
+    from jafr_kernels.kernels.triton_large import gemm_fits  # noqa: PLC0415 (that module imports this one)
+
+    if path not in ("auto", "dft", "gemm", "fft"):
+        raise ValueError(f"path must be 'auto', 'dft', 'gemm' or 'fft', got {path!r}")
     if path == "auto":
         small = max(h, w) <= 32 or (max(h, w) <= MAX_RATIO_DFT_SIZE and _block(rect[0]) <= 32 and _block(rect[1]) <= 16)
-        return "dft" if small else "fft"
+        return "dft" if small else ("gemm" if gemm_fits(rect) else "fft")
     if path == "dft" and max(h, w) > MAX_RATIO_DFT_SIZE:
         raise ValueError(f"path='dft' serves planes up to {MAX_RATIO_DFT_SIZE}x{MAX_RATIO_DFT_SIZE}, got {h}x{w}")
+    if path == "gemm" and not gemm_fits(rect):
+        raise ValueError(f"path='gemm' serves band rectangles that fit its accumulators, got {rect} rows x columns")
     return path
 
 
@@ -487,6 +494,13 @@ def _plan_for(x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, path: s
                      os.environ.get("JAFR_TRITON_PATH", path) if path == "auto" else path, dot_precision(acc, "tf32x3"))
 
 
+def _large():
+    """The large-plane GEMM path's module (imported on first use: it imports this one)."""
+    from jafr_kernels.kernels import triton_large  # noqa: PLC0415
+
+    return triton_large
+
+
 def _spectrum(x: Tensor, acc: torch.dtype) -> Tensor:
     return torch.view_as_real(torch.fft.rfft2(x if x.dtype == acc else x.to(acc)))
 
@@ -499,7 +513,7 @@ def ratio(x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, complement:
         x: (B, C, H, W) float16/bfloat16/float32/float64.
         weight: (H, W//2+1) mask values, or None for the radial band ``q_lo <= q(u, v) <= q_hi``.
         complement: return ``1 - rho`` (0 for all-zero samples) instead of ``rho``.
-        path: ``"auto"``, ``"dft"`` (planes up to 64 x 64) or ``"fft"``.
+        path: ``"auto"``, ``"dft"`` (planes up to 64 x 64), ``"gemm"`` (narrow bands) or ``"fft"``.
 
     Returns:
         ``(value (B,), stats (B, 2))`` in float32 (float64 for float64 input); ``stats = [s_b, E_all(s_b x_b)]``
@@ -513,6 +527,9 @@ def ratio(x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, complement:
     wt = _weight(weight, x, acc)
     w_arg = wt if wt is not None else value  # never read without a weight map
     plan = _plan_for(x, wt, q_lo, q_hi, path)
+    gemm = None if plan is not None else _large().plan_for(x, wt, q_lo, q_hi, path)
+    if gemm is not None:
+        return _large().ratio(x, wt, q_lo, q_hi, complement, gemm)
     if plan is not None:
         (ch, sh, cw, sw, lo, hi), consts = plan
         _ratio_dft_kernel[(b,)](x, w_arg, value, stats, ch, sh, cw, sw, lo, hi, COMPLEMENT=bool(complement), **consts)
@@ -540,6 +557,9 @@ def ratio_backward(grad: Tensor, x: Tensor, weight: Optional[Tensor], q_lo: int,
     wt = _weight(weight, x, acc)
     w_arg = wt if wt is not None else value
     plan = _plan_for(x, wt, q_lo, q_hi, path)
+    gemm = None if plan is not None else _large().plan_for(x, wt, q_lo, q_hi, path)
+    if gemm is not None:
+        return _large().ratio_backward(grad, x, wt, q_lo, q_hi, complement, value, stats, gemm)
     if plan is not None:
         dx = torch.empty_like(x)
         (ch, sh, cw, sw, lo, hi), consts = plan

@@ -416,6 +416,8 @@ def plane_path(h: int, w: int, path: str = "auto") -> str:
     """``"dft"`` (fused matrix DFT) for planes up to 32 x 32, else ``"fft"``; ``path`` (or the environment's
     ``JAFR_TRITON_PATH``) forces one (dft: <= 64)."""
     path = os.environ.get("JAFR_TRITON_PATH", path) if path == "auto" else path
+    if path == "gemm":  # the band ratio's large-plane path (triton_large); these kernels choose their own
+        path = "auto"
     if path == "auto":
         return "dft" if max(h, w) <= AUTO_DFT_SIZE else "fft"
     if path == "dft" and max(h, w) > MAX_DFT_SIZE:
