@@ -146,14 +146,14 @@ def autoattack_accuracy(
 ) -> float:
     """Robust accuracy under standard L-inf AutoAttack (``torchattacks.AutoAttack``), per-point worst case.
 
-    Needs the optional ``torchattacks`` package (``pip install torchattacks`` or ``jafr_kernels[autoattack]``).
+    Needs the optional ``torchattacks`` package (``pip install torchattacks`` or ``jafr_kernels[attack]``).
     """
     try:
         import torchattacks
     except ImportError as err:
         raise ImportError(
             "AutoAttack evaluation needs the optional package 'torchattacks': pip install torchattacks "
-            "(or pip install 'jafr_kernels[autoattack]')"
+            "(or pip install 'jafr_kernels[attack]')"
         ) from err
     model.eval()
     attack = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=n_classes, seed=seed)
