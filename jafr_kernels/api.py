@@ -145,6 +145,14 @@ def _ratio(x: Tensor, weight, band, power: int, complement: bool, backend: str) 
 
 
 NONFINITE = ("propagate", "raise", "ignore")
+TARGETS = ("low", "high")  # where the penalty pushes J's energy
+FORMULATIONS = ("ratio", "official")
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _one_of(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
 
 
 def _drop_nonfinite(x: Tensor) -> Tensor:
@@ -167,12 +175,9 @@ def _raise_nonfinite(jac: Tensor, result: Tensor) -> None:
 
 
 def _check_penalty_args(target: str, reduction: str, nonfinite: str) -> None:
-    if target not in ("low", "high"):
-        raise ValueError(f"target must be 'low' or 'high', got {target!r}")
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    if nonfinite not in NONFINITE:
-        raise ValueError(f"nonfinite must be one of {', '.join(map(repr, NONFINITE))}, got {nonfinite!r}")
+    _one_of("target", target, TARGETS)
+    _one_of("reduction", reduction, REDUCTIONS)
+    _one_of("nonfinite", nonfinite, NONFINITE)
     if nonfinite == "raise" and torch.compiler.is_compiling():
         raise ValueError("nonfinite='raise' reads the result back to the host, which a compiled graph cannot do; "
                          "use the default nonfinite='propagate' (NaN penalty for non-finite samples) in compiled code")
@@ -297,8 +302,7 @@ def freq_penalty(
         The penalty, float32 (float64 for float64 input).
     """
     jac = check_planes(jac, "jac")
-    if formulation not in ("ratio", "official"):
-        raise ValueError(f"formulation must be 'ratio' or 'official', got {formulation!r}")
+    _one_of("formulation", formulation, FORMULATIONS)
     _check_penalty_args(target, reduction, nonfinite)
     backend = _choose_backend(backend, jac)
     if formulation == "official":

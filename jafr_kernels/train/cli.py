@@ -8,7 +8,6 @@ import sys
 
 from jafr_kernels.cli import DefaultsFormatter
 from jafr_kernels.train.data import DATASETS
-from jafr_kernels.train.models import MODELS
 
 
 def register(subparsers) -> None:
@@ -20,12 +19,12 @@ def register(subparsers) -> None:
         "to --out. Under torchrun each process takes batch-size/N samples of every global batch.",
         formatter_class=DefaultsFormatter,
     )
-    from jafr_kernels.train.methods import METHOD_NAMES
+    from jafr_kernels.train.loop import CHOICES
 
-    p.add_argument("--method", default="jafr", choices=METHOD_NAMES, help="training method")
+    p.add_argument("--method", default="jafr", choices=CHOICES["method"], help="training method")
     p.add_argument("--dataset", default="fashion_mnist", choices=DATASETS,
                    help="fashion_mnist is embedded; the others are read from --data-dir")
-    p.add_argument("--model", default="small_cnn", choices=MODELS,
+    p.add_argument("--model", default="small_cnn", choices=CHOICES["model"],
                    help="preact_resnet18: the paper's network with the standard pre-activation head; "
                    "preact_resnet18_authors: the authors' exact head (needs the paper's long warmup); default: small_cnn")
     p.add_argument("--epochs", type=int, default=1, help="passes over the training set")
@@ -34,10 +33,10 @@ def register(subparsers) -> None:
     p.add_argument("--lam", "--lambda", dest="lam", type=float, default=None,
                    help="JaFR weight, >= 0 (default 0.1 for --formulation ratio, 0.001 for official)")
     p.add_argument("--cutoff", type=float, default=0.25, help="low-band radius (1 = Nyquist)")
-    p.add_argument("--target", default="low", choices=("low", "high"), help="push J's spectrum to low or high frequencies")
-    p.add_argument("--formulation", default="ratio", choices=("ratio", "official"),
+    p.add_argument("--target", default="low", choices=CHOICES["target"], help="push J's spectrum to low or high frequencies")
+    p.add_argument("--formulation", default="ratio", choices=CHOICES["formulation"],
                    help="ratio: energy share outside/inside the band; official: the authors' log-spectrum score")
-    p.add_argument("--jacobian-mode", default="finite_difference", choices=("double_backward", "finite_difference"),
+    p.add_argument("--jacobian-mode", default="finite_difference", choices=CHOICES["jacobian_mode"],
                    help="how the penalty's parameter gradient is taken: finite_difference (two forward and two backward "
                    "passes) or double_backward (the paper's double backprop, 1.5x dearer)")
     p.add_argument("--fd-h", type=float, default=0.01, help="finite-difference step, relative to ||x||/||v||")
@@ -47,7 +46,7 @@ def register(subparsers) -> None:
                    help="sub-batch regularisation: J and the JaFR term on a fraction F of each batch (1: all of it)")
     p.add_argument("--eps", type=float, default=None, help="L-inf radius (default: 0.1 Fashion-MNIST, 8/255 others)")
     p.add_argument("--lr", type=float, default=None, help="peak LR (default 0.05 Fashion-MNIST, 0.2 others)")
-    p.add_argument("--lr-schedule", default="cyclic", choices=("cyclic", "constant"), help="cyclic: triangular, as in the paper")
+    p.add_argument("--lr-schedule", default="cyclic", choices=CHOICES["lr_schedule"], help="cyclic: triangular, as in the paper")
     p.add_argument("--warmup-min", type=int, default=100,
                    help="cyclic LR: warm up over at least this many steps (2/5 of training when longer; at most half the run)")
     p.add_argument("--seed", type=int, default=0, help="seeds the model, data order and attacks")
@@ -55,7 +54,7 @@ def register(subparsers) -> None:
     p.add_argument("--data-dir", default=None, help="dataset root (Fashion-MNIST: /usr/share/datasets/fashion-mnist by default)")
     p.add_argument("--train-subset", type=int, default=None, help="use only the first N training samples (default: all)")
     p.add_argument("--device", default="auto", help="auto (GPU if visible, else CPU; cuda:LOCAL_RANK under torchrun), cpu, cuda, cuda:N")
-    p.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="model and data precision")
+    p.add_argument("--dtype", default="float32", choices=CHOICES["dtype"], help="model and data precision")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the model (spectral maths stay fp32)")
     p.add_argument("--channels-last", action="store_true", help="model and batches in channels_last (NHWC) memory format")
     p.add_argument("--compile", action="store_true",
