@@ -23,7 +23,8 @@ from torch import nn
 import jafr_kernels as jk
 from jafr_kernels.train.data import load_dataset
 from jafr_kernels.train.loop import TrainConfig, train_model
-from jafr_kernels.train.objective import jacobian_low_freq_ratio, jafr_objective
+from jafr_kernels.eval.frequency import jacobian_low_freq_ratio
+from jafr_kernels.train.objective import jafr_objective
 
 MODES = {
     "exact": dict(jacobian_mode="double_backward", jafr_every=1),

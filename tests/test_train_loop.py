@@ -16,12 +16,12 @@ from jafr_kernels.train import (
     NonFiniteLossError,
     TrainConfig,
     build_model,
-    jacobian_low_freq_ratio,
     load_checkpoint,
     load_dataset,
     load_trained_model,
     train_model,
 )
+from jafr_kernels.eval.frequency import jacobian_low_freq_ratio
 from jafr_kernels.train.loop import TriangularLR
 
 from conftest import NaNAfter

@@ -12,13 +12,12 @@ from jafr_kernels.train.objective import (
     ce_objective,
     frozen_bn_stats,
     gradalign_objective,
-    jacobian_low_freq_ratio,
     jafr_objective,
 )
 
 __all__ = [
     "CheckpointError", "DATASETS", "DatasetError", "DoubleBackwardError", "DatasetInfo", "METHODS", "MODELS", "NonFiniteLossError",
     "ObjectiveResult", "PreActResNet18", "SmallCNN", "TrainConfig", "TrainResult", "build_model", "ce_objective", "dataset_info",
-    "frozen_bn_stats", "get_batch", "gradalign_objective", "jacobian_low_freq_ratio", "jafr_objective",
+    "frozen_bn_stats", "get_batch", "gradalign_objective", "jafr_objective",
     "load_checkpoint", "load_dataset", "load_latest", "load_trained_model", "save_checkpoint", "train_model",
 ]

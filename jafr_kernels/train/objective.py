@@ -318,28 +318,3 @@ def gradalign_objective(
     logits_main, ce_main = _forward_ce(model, x_main, y, autocast_dtype)
     loss = ce_main + lam * reg
     return ObjectiveResult(loss, ce_main.detach(), logits_main.detach(), reg.detach(), None, None)
-
-
-def input_gradients(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    """Per-example input gradients of the CE loss (sum over the batch, so each is independent of batch size)."""
-    x = x.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        loss = F.cross_entropy(model(x), y, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, x)
-    return grad
-
-
-def jacobian_low_freq_ratio(model: nn.Module, x: Tensor, y: Tensor, cutoff=0.25, batch_size: int = 256) -> float:
-    """Mean low-frequency ratio (r <= cutoff) of the input gradient of the CE, per sample, in eval mode
-    (so each sample's J is independent of its batch). The model's train/eval mode is restored."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    try:
-        for i in range(0, x.shape[0], batch_size):
-            jac = input_gradients(model, x[i:i + batch_size], y[i:i + batch_size])
-            total += float(jk.low_freq_ratio(jac, cutoff).sum())
-            count += jac.shape[0]
-    finally:
-        model.train(was_training)
-    return total / count
