@@ -223,7 +223,7 @@ def test_cifar_c_reader(tmp_path):
     data[:, 0, 0, 2] = 255
     np.save(tmp_path / "labels.npy", labels)
     np.save(tmp_path / "fog.npy", data)
-    ds = open_published("cifar10", str(tmp_path))
+    ds = open_published(str(tmp_path))
     assert isinstance(ds, CifarC) and ds.names == ["fog"] and ds.block == block
     x, y = ds.load("fog", 3, indices=[1, 3])
     assert x.shape == (2, 3, 32, 32) and x.dtype == torch.float32
@@ -256,7 +256,7 @@ def test_folder_c_reader(tmp_path):
             for i in range(2):
                 img = np.full((8, 8, 3), 40 * sev + 10 * i + k, dtype=np.uint8)
                 Image.fromarray(img).save(d / f"val_{2 * i + k}.png")  # n02: val_0, val_2; n01: val_1, val_3
-    ds = open_published("tinyimagenet", str(tmp_path))
+    ds = open_published(str(tmp_path))
     assert isinstance(ds, FolderC) and ds.names == ["fog"]
     x, y = ds.load("fog", 2)
     assert x.shape == (4, 3, 8, 8)

@@ -158,7 +158,7 @@ def test_cifar_c_npy_files_line_up_with_the_test_set(tmp_path):
     from jafr_kernels.eval.corruption_data import CifarC, open_published
 
     root = layouts.write_cifar_c(tmp_path / "CIFAR-10-C", n_test=100)
-    data = open_published("cifar10", root)
+    data = open_published(root)
     assert isinstance(data, CifarC) and data.names == ["contrast", "fog", "gaussian_noise"] and data.block == 100
     idx = torch.tensor([3, 50, 99])
     for sev in (1, 5):
@@ -177,7 +177,7 @@ def test_tinyimagenet_c_folders_line_up_with_the_val_set(tmp_path):
     layouts.write_tinyimagenet(tmp_path / "data", train_per_class=1, n_val=12)
     root = layouts.write_tinyimagenet_c(tmp_path / "Tiny-ImageNet-C", n_val=12)
     val = load_dataset("tinyimagenet", False, str(tmp_path / "data"))
-    data = open_published("tinyimagenet", root)
+    data = open_published(root)
     assert isinstance(data, FolderC) and data.names == ["fog", "gaussian_noise"]
     idx = torch.tensor([0, 2, 9, 11])
     xv, yv = get_batch(val, idx)

@@ -129,7 +129,7 @@ def _check_eval_args(args, dataset: str) -> None:
 
         if not os.path.isdir(args.corruption_dir):
             raise ValueError(f"--corruption-dir {args.corruption_dir} is not a folder")
-        known = open_published(dataset, args.corruption_dir).names
+        known = open_published(args.corruption_dir).names
         if not known:
             raise ValueError(f"--corruption-dir {args.corruption_dir} holds no corruption (<name>.npy + labels.npy, "
                              "or <name>/<severity>/ folders)")

@@ -19,10 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from jafr_kernels.train.data import image_sort_key
+from jafr_kernels.train.data import IMAGE_EXTENSIONS, image_sort_key, read_rgb
 
-BLOCK = 10000  # images per severity in the published CIFAR-C files
-_IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 
 
 def _check_severity(severity) -> None:
@@ -89,28 +87,23 @@ class FolderC:
         found = []
         for i, cls in enumerate(classes):
             found += [(os.path.join(base, cls, f), i) for f in os.listdir(os.path.join(base, cls))
-                      if f.lower().endswith(_IMAGE_EXTENSIONS)]
+                      if f.lower().endswith(IMAGE_EXTENSIONS)]
         found.sort(key=lambda item: image_sort_key(item[0]))
         return [f for f, _ in found], [label for _, label in found]
 
     def load(self, name: str, severity: int, indices=None) -> tuple[Tensor, Tensor]:
         """Images (N, 3, H, W) float32 in [0, 1] and labels (N,); ``indices`` are validation-set positions."""
-        from PIL import Image
-
         if name not in self.names:
             raise ValueError(f"corruption {name!r} not in {self.root}; available: {self.names}")
         _check_severity(severity)
         files, labels = self._files(name, severity)
         idx = _positions(indices, len(files), os.path.join(self.root, name, str(severity)))
-        images = []
-        for i in idx:
-            with Image.open(files[i]) as img:
-                images.append(torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1))
+        images = [read_rgb(files[i]) for i in idx]
         return torch.stack(images).float() / 255, torch.tensor([labels[i] for i in idx], dtype=torch.long)
 
 
-def open_published(dataset: str, root: str):
-    """The published corruption set for ``dataset`` in ``root``: :class:`CifarC` for CIFAR-10/100 (``.npy``),
+def open_published(root: str):
+    """The published corruption set in ``root``: :class:`CifarC` for CIFAR-10/100 (``.npy``),
     :class:`FolderC` otherwise (Tiny-ImageNet-C layout)."""
     if os.path.exists(os.path.join(root, "labels.npy")):
         return CifarC(root)

@@ -303,7 +303,7 @@ class PublishedCorruptions:
     def __init__(self, root: str, dataset: str, indices: Tensor):
         from jafr_kernels.eval.corruption_data import open_published
 
-        self.data = open_published(dataset, root)
+        self.data = open_published(root)
         self.names = list(self.data.names)
         self.indices = indices
         self.source = f"published files read from {root}"

@@ -243,7 +243,15 @@ def image_sort_key(path: str):
     return [int(p) if p.isdigit() else p for p in parts]
 
 
-_IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
+
+
+def read_rgb(path: str) -> Tensor:
+    """One image file as a (3, H, W) uint8 tensor (PIL, converted to RGB)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
 
 
 class ImageFiles(Dataset):
@@ -256,21 +264,18 @@ class ImageFiles(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i):
-        from PIL import Image
-
         path, label = self.samples[i]
         try:
-            with Image.open(path) as img:
-                x = torch.from_numpy(np.asarray(img.convert("RGB")).copy())
+            x = read_rgb(path)
         except OSError as exc:
             raise DatasetError(f"cannot read image {path}: {exc}") from None
-        return x.permute(2, 0, 1).float() / 255.0, label
+        return x.float() / 255.0, label
 
 
 def _images_under(folder: str) -> list[str]:
     found = []
     for base, _, files in os.walk(folder):
-        found += [os.path.join(base, f) for f in files if f.lower().endswith(_IMAGE_EXTENSIONS)]
+        found += [os.path.join(base, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
     return found
 
 
