@@ -137,7 +137,8 @@ def test_device_check_dry_run_commands_collect(tmp_path):
     assert "--gpu --quick" in commands[2] and "--time-limit 90" in commands[2]
     # the test steps' pytest selections collect here (the GPU tests are then skipped, not missing)
     files = [a for c in commands for a in c.split() if a.startswith("tests/")]
-    assert files == ["tests/test_gpu.py", "tests/test_triton_ratio.py", "tests/test_large_planes.py", "tests/test_triton.py"]
+    assert files == ["tests/test_gpu.py", "tests/test_triton_ratio.py", "tests/test_penalty_and_grad_gpu.py",
+                     "tests/test_large_planes.py", "tests/test_triton.py"]
     collect = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *files],
                              cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert collect.returncode == 0, collect.stdout[-2000:] + collect.stderr[-2000:]

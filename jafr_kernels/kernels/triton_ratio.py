@@ -125,6 +125,15 @@ def _load_sample_plane(x_ptr, c, H: tl.constexpr, W: tl.constexpr, BH: tl.conste
 
 
 @triton.jit
+def _sample_scale(xb, C, H: tl.constexpr, W: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr, ACC: tl.constexpr):
+    """The sample's power-of-two scale s_b (:func:`_pow2_scale` of its max |x|), from one read of its C planes."""
+    m = tl.zeros((), dtype=ACC)
+    for c in range(C):
+        m = tl.maximum(m, tl.max(tl.max(tl.abs(_load_sample_plane(xb, c, H, W, BH, BW, ACC)), axis=1), axis=0))
+    return _pow2_scale(m, ACC)
+
+
+@triton.jit
 def _sample_value(e_part, e_all, BAND_CMP: tl.constexpr, COMPLEMENT: tl.constexpr):
     """value of a sample whose band energy is ``e_part`` (or ``e_all - e_part`` with BAND_CMP): rho or 1 - rho,
     each formed without cancellation; 0 for an all-zero sample, NaN if the sample is not finite."""
@@ -174,10 +183,7 @@ def _ratio_dft_kernel(
     xb = x_ptr + b * (C * H * W)
     ch, sh, cw, sw = _load_rect_matrices(ch_ptr, sh_ptr, cw_ptr, sw_ptr, BU, BH, BW, BV, False)
     coef = _rect_coef(w_ptr, q_lo, q_hi, H, W, BU, BV, UR, NU, VB, HAS_WEIGHT, ACC)
-    m = tl.zeros((), dtype=ACC)
-    for c in range(C):
-        m = tl.maximum(m, tl.max(tl.max(tl.abs(_load_sample_plane(xb, c, H, W, BH, BW, ACC)), axis=1), axis=0))
-    s = _pow2_scale(m, ACC)
+    s = _sample_scale(xb, C, H, W, BH, BW, ACC)
     e_rect = tl.zeros((), dtype=ACC)
     sumsq = tl.zeros((), dtype=ACC)
     for c in range(C):
@@ -252,10 +258,7 @@ def _ratio_and_grad_dft_kernel(
     rh = tl.arange(0, BH)[:, None]
     rw = tl.arange(0, BW)[None, :]
     inside = (rh < H) & (rw < W)
-    m = tl.zeros((), dtype=ACC)
-    for c in range(C):
-        m = tl.maximum(m, tl.max(tl.max(tl.abs(_load_sample_plane(xb, c, H, W, BH, BW, ACC)), axis=1), axis=0))
-    s = _pow2_scale(m, ACC)
+    s = _sample_scale(xb, C, H, W, BH, BW, ACC)
     e_rect = tl.zeros((), dtype=ACC)
     sumsq = tl.zeros((), dtype=ACC)
     for c in range(C):
