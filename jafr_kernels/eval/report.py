@@ -117,7 +117,8 @@ def arms(data: dict, cutoff_of_ratio=None) -> dict:
     out: dict = {}
     for run in data["runs"]:
         cut = study["primary_cutoff"] if cutoff_of_ratio is None else cutoff_of_ratio
-        out.setdefault(arm_key(run), {})[run["seed"]] = run_metrics(run["eval"], groups, study["eps_key"], cut, claim_eps_key(study))
+        metrics = run_metrics(run["eval"], groups, study["eps_key"], cut, claim_eps_key(study))
+        out.setdefault(arm_key(run), {})[run["seed"]] = metrics
     return out
 
 
@@ -501,8 +502,8 @@ def conclusions(data: dict, summary: dict, rows: list[dict]) -> list[str]:
              f"Budget: {study['budget_text']}; {len(rows)} of the paper's claims checked."]
     base = summary.get("standard")
     if base:
-        lines[-1] += (f" The standard model reaches {_cell(stats.Interval(base['clean']['mean'], base['clean']['ci'], base['clean']['n']), 100)} %"
-                      " clean accuracy (mean ± 95 % CI over seeds).")
+        clean = stats.Interval(base["clean"]["mean"], base["clean"]["ci"], base["clean"]["n"])
+        lines[-1] += f" The standard model reaches {_cell(clean, 100)} % clean accuracy (mean ± 95 % CI over seeds)."
     lines.append("")
     for title, members in groups.items():
         if members:

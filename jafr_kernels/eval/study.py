@@ -45,7 +45,6 @@ STUDY_TRAIN = dict(lr=0.2, jacobian_mode="finite_difference", jafr_every=1)
 ALL = "all"  # eval_subset / adv_subset: every image
 
 
-
 @dataclass(frozen=True)
 class Budget:
     """How big a study is: seeds, training epochs and evaluation sizes (``None`` images: all of them)."""
@@ -445,7 +444,8 @@ def _study_record(cfg: StudyConfig, x: Tensor, runs: list[Run], status: dict) ->
         seeds=list(cfg.seed_list), lams=list(cfg.lams), cutoffs=list(cfg.cutoffs), primary_lam=cfg.primary_lam,
         primary_cutoff=cfg.primary_cutoff, labels=[s.label for s in cfg.specs], methods=list(cfg.methods),
         dataset=cfg.train.dataset, model=cfg.train.model, epochs=cfg.train.epochs, formulation=cfg.train.formulation,
-        eps=cfg.eps, eps_key=eps_key(cfg.eps), claim_eps_key=eps_key(cfg.claim_eps), eval_n=int(x.shape[0]), eval_full=b.eval_subset is None,
+        eps=cfg.eps, eps_key=eps_key(cfg.eps), claim_eps_key=eps_key(cfg.claim_eps), eval_n=int(x.shape[0]),
+        eval_full=b.eval_subset is None,
         adversarial={"steps": b.pgd_steps, "restarts": b.pgd_restarts, "eps_keys": [eps_key(e) for e in cfg.eps_list],
                      "n": int(x.shape[0]) if b.adv_subset is None else min(b.adv_subset, int(x.shape[0]))},
         heat_map_n=min(b.heat_map_images, int(x.shape[0])), device=cfg.train.device,

@@ -264,7 +264,8 @@ RESULT_NEUTRAL_FIELDS = frozenset({"progress", "resume", "overwrite", "out_dir",
 
 
 def _check_same_run(saved: dict, current: dict, path: str) -> None:
-    diff = {k: (saved[k], current.get(k)) for k in saved if k not in RESULT_NEUTRAL_FIELDS and saved[k] != current.get(k)}
+    diff = {k: (saved[k], current.get(k)) for k in saved
+            if k not in RESULT_NEUTRAL_FIELDS and saved[k] != current.get(k)}
     if not diff:
         return
     listed = ", ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in sorted(diff.items()))
