@@ -59,11 +59,11 @@ def test_claims_of_the_default_study():
     by = {(c.label, c.metric): c for c in rows}
     assert by[("jafr_low", "corruption_high")].expected == +1
     assert by[("jafr_low", "corruption_low")].expected == -1
-    assert by[("jafr_low", "pgd_ce")].expected == +1
+    assert by[("jafr_low", "pgd_claim")].expected == +1
     assert by[("jafr_high", "corruption_high")].expected == -1
     assert by[("jafr_high", "corruption_low")].expected == +1
-    assert by[("jafr_high", "pgd_ce")].expected == -1
-    assert by[("fgsm+jafr_low", "pgd_ce")].baseline == "fgsm"
+    assert by[("jafr_high", "pgd_claim")].expected == -1
+    assert by[("fgsm+jafr_low", "pgd_claim")].baseline == "fgsm"
     assert {c.baseline for c in rows} == {"standard", "fgsm"}
 
 

@@ -72,3 +72,18 @@ def test_paired_verdict_pairs_by_seed_and_needs_two_pairs():
     assert tie.verdict == stats.WITHIN_NOISE  # a point interval at 0 includes 0
     with pytest.raises(ValueError, match="expected"):
         stats.paired_verdict(method, base, 0)
+
+
+def test_binomial_half_width():
+    from jafr_kernels.eval.stats import binomial_half_width
+
+    # z(0.975) = 1.959964: 1.96 * sqrt(0.8 * 0.2 / 1000) = 0.02479
+    assert binomial_half_width([0.8], 1000) == pytest.approx(1.959964 * (0.16 / 1000) ** 0.5, rel=1e-6)
+    assert binomial_half_width([0.0], 10) == 0 and binomial_half_width([1.0], 10) == 0
+    # several accuracies on the same images: the mean of their half-widths (the fully correlated bound)
+    assert binomial_half_width([0.5, 0.9], 100) == pytest.approx((0.098 + 0.0588) / 2, rel=1e-3)
+    assert binomial_half_width([0.5, None], 100) == binomial_half_width([0.5], 100)
+    with pytest.raises(ValueError, match="n must be"):
+        binomial_half_width([0.5], 0)
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        binomial_half_width([1.5], 10)

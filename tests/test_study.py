@@ -71,7 +71,7 @@ def test_study_composes_the_training_configuration(tmp_path):
 
 # --------------------------------------------------------------------------- the report, from files
 def _fake_eval(clean, low, high, pgd, ratio, h=8, w=8):
-    eps = ["0.0500", "0.1000", "0.1500", "0.2000"]
+    eps = [f"{s * 0.1:.4f}" for s in S.EPS_SCALES]
     return {
         "n": 100, "clean": clean,
         "corruptions": {"fog": {"1": low, "mean": low}, "gaussian_noise": {"1": high, "mean": high}},
@@ -127,9 +127,9 @@ def test_report_shows_intervals_paired_verdicts_and_the_tradeoff(tmp_path):
             if line.startswith("| jafr_") and " vs " in line}
     assert rows["jafr_low vs standard / high-frequency corruptions"].endswith("| +6.0, +5.0, +7.0 | agrees |")
     assert rows["jafr_low vs standard / low-frequency corruptions"].endswith("| agrees |")
-    assert "| within noise (CI [" in rows["jafr_low vs standard / PGD (CE) at the study ε"]
+    assert "| within noise (CI [" in rows["jafr_low vs standard / PGD (CE) at ε = 0.0250"]
     assert "| within noise (CI [" in rows["jafr_high vs standard / low-frequency corruptions"]
-    assert rows["jafr_high vs standard / PGD (CE) at the study ε"].endswith("| +10.0, +10.0, +10.0 | **disagrees** |")
+    assert rows["jafr_high vs standard / PGD (CE) at ε = 0.0250"].endswith("| +10.0, +10.0, +10.0 | **disagrees** |")
     assert "Of 6 checked claims: 2 agree, 1 disagree, 3 within noise." in text
     assert "ratio** formulation" in text and "λ = 0.1, 1, cutoff = 0.25" in text
     assert "design notes" not in text
@@ -209,11 +209,13 @@ def test_tiny_study_end_to_end_and_reuse(tmp_path, counted):
         assert set(ev["corruptions"]) == {"gaussian_noise", "contrast", "snow"} and ev["n"] == 24
         assert set(ev["corruptions"]["contrast"]) == {"1", "5", "mean"} and ev["adversarial"]["n"] == 8
         assert os.path.exists(root / folder / "config.json")
-    # the study's corruption character is corruptions.frequency_character, with its seeding
+    # the study's corruption character is measured on the evaluated images and draws
     corr = json.load(open(root / "corruptions.json"))
     x, _, _ = S.eval_set("fashion_mnist", None, 24, 0)
-    assert corr["character"] == json.loads(json.dumps(C.frequency_character(
-        x, ["gaussian_noise", "contrast", "snow"], cutoff=0.25, seed=0, severities=(1, 5))))
+    names = ["gaussian_noise", "contrast", "snow"]
+    evaluated = S.GeneratedCorruptions(x, names, 0)
+    assert corr["n"] == 24 and corr["character"] == json.loads(json.dumps(C.frequency_character(
+        x, names, cutoff=0.25, severities=(1, 5), corrupted=evaluated.load)))
     assert corr["groups"] == {"low": ["contrast", "snow"], "high": ["gaussian_noise"]}
 
     # one more seed: only that seed is trained and evaluated
@@ -233,6 +235,10 @@ def test_tiny_study_end_to_end_and_reuse(tmp_path, counted):
     run_study(_tiny(tmp_path, seeds=3, lams=(0.1, 0.3)))
     assert counted["train"] == [] and counted["eval"] == 0
     assert counted["character"] == 1  # measured once: the evaluation settings never changed
+    # options that cannot change a result (logging, checkpoint interval): nothing trained or evaluated
+    neutral = dataclasses.replace(_tiny(tmp_path).train, log_every=1, ckpt_every=1)
+    run_study(_tiny(tmp_path, seeds=3, lams=(0.1, 0.3), train=neutral))
+    assert counted["train"] == [] and counted["eval"] == 0
     # other evaluation settings: re-evaluated from the checkpoints, not retrained
     run_study(_tiny(tmp_path, seeds=1, eval_subset=16))
     assert counted["train"] == [] and counted["eval"] == 2 and counted["character"] == 2
@@ -308,3 +314,47 @@ def test_cutoff_tradeoff_measures_the_ratio_at_each_runs_cutoff(tmp_path):
     assert "| jafr_low | 0.5 | 0.900 ± 0.000 |" in text
     assert "| standard (baseline) | 0.5 | 0.500 ± 0.000 |" in text and "| standard (baseline) | 0.25 | 0.300 ± 0.025 |" in text
     assert os.path.exists(root / TRADEOFF_FIGURES["cutoff"])
+
+
+def test_frequency_character_is_measured_on_the_evaluated_draws():
+    """The character comes from the corrupted images the models are scored on, not from fresh draws: a source
+    whose draws differ from a fresh ``generate`` (another seed) gives the character of its own draws."""
+    names = ["impulse_noise", "glass_blur", "elastic_transform"]
+    x = torch.rand(12, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    cfg = StudyConfig(train=TrainConfig(model=None, device="cpu"), seeds=1, corruptions=tuple(names),
+                      severities=(1, 4)).resolved()
+    source = S.GeneratedCorruptions(x, names, seed=cfg.eval_seed + 5)
+    character = S.corruption_character(cfg, x, source)
+    for name in names:
+        for sev in (1, 4):
+            evaluated = C.difference_low_freq_ratio(x, source.load(name, sev), cfg.primary_cutoff)
+            fresh = C.difference_low_freq_ratio(x, C.generate(x, name, sev, cfg.eval_seed), cfg.primary_cutoff)
+            assert character[name][str(sev)] == evaluated and fresh != evaluated
+
+
+def test_result_neutral_fields_are_one_list_for_resume_and_reuse():
+    from jafr_kernels.train import loop
+
+    tc = dataclasses.asdict(TrainConfig(device="cpu").resolved())
+    changed = dict(tc, progress=not tc["progress"], resume=True, overwrite=True, out_dir="elsewhere", data_dir="/d",
+                   device="cuda", ckpt_every=7, log_every=3)
+    assert set(changed) - {k for k in tc if changed[k] == tc[k]} == loop.RESULT_NEUTRAL_FIELDS
+    assert S._result_fields(changed) == S._result_fields(tc)
+    loop._check_same_run(tc, changed, "last.pt")  # resuming accepts the same changes
+    with pytest.raises(ValueError, match="settings differ"):
+        loop._check_same_run(tc, dict(changed, lr=0.5), "last.pt")
+    assert S._result_fields(dict(tc, lr=0.5)) != S._result_fields(tc)
+
+
+@needs_fashion
+def test_rerun_with_only_log_every_changed_trains_nothing(tmp_path, counted):
+    from jafr_kernels.cli import main
+
+    args = ["study", "--name", "t", "--out-root", str(tmp_path), "--device", "cpu", "--methods", "standard", "jafr:low",
+            "--seeds", "1", "--max-steps", "2", "--train-subset", "256", "--eval-subset", "16", "--adv-subset", "4",
+            "--heat-map-images", "2", "--corruptions", "contrast", "--pgd-steps", "1", "--no-progress"]
+    assert main(args) == 0 and len(counted["train"]) == 2
+    counted["train"].clear()
+    counted["eval"] = 0
+    assert main(args + ["--log-every", "1"]) == 0
+    assert counted["train"] == [] and counted["eval"] == 0

@@ -13,7 +13,7 @@ import os
 import sys
 import typing
 
-from jafr_kernels.eval.study import ALL, DEFAULT_METHODS, StudyConfig
+from jafr_kernels.eval.study import ALL, DEFAULT_METHODS, STUDY_TRAIN, StudyConfig
 from jafr_kernels.train.loop import TrainConfig
 
 
@@ -34,7 +34,8 @@ def _count(text: str):
 _STUDY_SET = {"method", "target", "seed", "lam", "cutoff", "epochs", "out_dir", "resume", "progress", "dataset",
               "data_dir", "eps", "device", "overwrite", "init_from"}
 _TRAIN_RENAMED = {"pgd_steps": "train_pgd_steps"}  # the study's --pgd-steps is the evaluation attack's
-_STUDY_DEFAULTS = {"model": (None, "small_cnn on Fashion-MNIST, preact_resnet18 otherwise (or with --full)")}
+_STUDY_DEFAULTS = {"model": (None, "small_cnn on Fashion-MNIST, preact_resnet18 otherwise (or with --full)"),
+                   **{k: (v, f"default {v} (the study's)") for k, v in STUDY_TRAIN.items()}}
 
 
 def _choices() -> dict:

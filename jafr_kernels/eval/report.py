@@ -30,14 +30,18 @@ TRADEOFF_FIGURES = {"lam": "tradeoff_lambda.png", "cutoff": "tradeoff_cutoff.png
 METRICS = (
     ("clean", "clean", 100), ("corruption_low", "low-freq corr.", 100), ("corruption_high", "high-freq corr.", 100),
     ("corruption_all", "all corr.", 100), ("fgsm", "FGSM", 100), ("pgd_ce", "PGD-CE", 100), ("pgd_cw", "PGD-CW", 100),
+    ("pgd_claim", "PGD-CE claim ε", 100),
     ("jacobian_low_freq_ratio", "J low-freq ratio", 1), ("heat_map_error", "Fourier map mean error", 1),
 )
 FLOOR = 0.01  # a claim whose every value lies below 1 % accuracy cannot show a difference: the report says so
 TRADEOFF_METRICS = (
     ("jacobian_low_freq_ratio", "J low-freq ratio", 1), ("clean", "clean (%)", 100),
     ("corruption_low", "low-freq corruptions (%)", 100), ("corruption_high", "high-freq corruptions (%)", 100),
-    ("pgd_ce", "PGD-CE (%)", 100),
+    ("pgd_ce", "PGD-CE (%)", 100), ("pgd_claim", "PGD-CE claim ε (%)", 100),
 )
+# Image-sampling (binomial) half-widths shown beside the seed intervals: (metric, title).
+BINOMIAL_METRICS = (("clean", "clean"), ("corruption_low", "low-freq corr."), ("corruption_high", "high-freq corr."),
+                    ("pgd_claim", "PGD-CE claim ε"))
 
 
 def _load(path: str):
@@ -75,9 +79,15 @@ def group_accuracy(ev: dict, names: list[str]) -> float:
     return _mean([ev["corruptions"][n]["mean"] for n in names if n in ev["corruptions"]])
 
 
-def run_metrics(ev: dict, groups: dict, eps_key: str, cutoff: float) -> dict:
+def claim_eps_key(study: dict) -> str:
+    """The radius of the adversarial claims (a study made before it existed: the study ε)."""
+    return study.get("claim_eps_key", study["eps_key"])
+
+
+def run_metrics(ev: dict, groups: dict, eps_key: str, cutoff: float, claim_key: str | None = None) -> dict:
     """Headline numbers of one evaluated run: clean, low/high-frequency corruption means, FGSM/PGD at the study
-    eps, J's low-frequency ratio at ``cutoff`` and the Fourier heat map's mean error."""
+    eps, PGD at the claim radius ``claim_key`` (default: the study eps), J's low-frequency ratio at ``cutoff``
+    and the Fourier heat map's mean error."""
     adv, jac = ev["adversarial"], ev["jacobian"]
     ratio = jac.get("ratio_by_cutoff", {}).get(f"{float(cutoff):g}", jac["low_freq_ratio"])
     out = {
@@ -88,6 +98,7 @@ def run_metrics(ev: dict, groups: dict, eps_key: str, cutoff: float) -> dict:
         "fgsm": adv.get("fgsm", {}).get(eps_key),
         "pgd_ce": adv.get("pgd_ce", {}).get(eps_key),
         "pgd_cw": adv.get("pgd_cw", {}).get(eps_key),
+        "pgd_claim": adv.get("pgd_ce", {}).get(claim_key or eps_key),
         "jacobian_low_freq_ratio": ratio,
         "heat_map_error": float(np.mean(ev["heat_map"]["error"])),
     }
@@ -108,7 +119,8 @@ def arms(data: dict, cutoff_of_ratio=None) -> dict:
     out: dict = {}
     for run in data["runs"]:
         cut = study["primary_cutoff"] if cutoff_of_ratio is None else cutoff_of_ratio
-        out.setdefault(arm_key(run), {})[run["seed"]] = run_metrics(run["eval"], groups, study["eps_key"], cut)
+        metrics = run_metrics(run["eval"], groups, study["eps_key"], cut, claim_eps_key(study))
+        out.setdefault(arm_key(run), {})[run["seed"]] = metrics
     return out
 
 
@@ -154,7 +166,8 @@ def verdicts(data: dict) -> list[dict]:
                                  {s: m.get(claim.metric) for s, m in base.items()}, claim.expected)
         diffs = [method[s][claim.metric] - base[s][claim.metric] for s in v.seeds]
         values = [m[claim.metric] for arm in (method, base) for s, m in arm.items() if s in v.seeds]
-        rows.append({"label": claim.label, "baseline": claim.baseline, "metric": claim.metric, "what": claim.what,
+        rows.append({"label": claim.label, "baseline": claim.baseline, "metric": claim.metric,
+                     "what": claim.what.format(claim_eps=claim_eps_key(study)),
                      "expected": claim.expected, "mean": v.diff.mean, "ci": v.diff.half_width, "n": v.diff.n,
                      "per_seed": diffs, "verdict": v.verdict, "floor": bool(values) and max(values) < FLOOR})
     return rows
@@ -455,6 +468,69 @@ def plot_tradeoff(rows: dict, axis: str, path: str) -> None:
 
 
 # --------------------------------------------------------------------------- markdown
+def image_half_widths(data: dict) -> dict:
+    """``{metric: half-width}`` of :data:`BINOMIAL_METRICS`: the image-sampling part of each accuracy
+    (:func:`jafr_kernels.eval.stats.binomial_half_width` on the evaluated images; for a corruption group the
+    mean over its corruptions and severities), the largest over the primary runs. The seeds share their test
+    images, so the seed intervals leave it out; paired differences on the same images cancel most of it."""
+    study, groups = data["study"], data["corruptions"]["groups"]
+    claim = claim_eps_key(study)
+    out = {}
+    for evs in _primary_runs(data).values():
+        for ev in evs:
+            adv = ev["adversarial"]
+            accs = {"clean": [ev["clean"]], "pgd_claim": [adv.get("pgd_ce", {}).get(claim)]}
+            for key, group in (("corruption_low", "low"), ("corruption_high", "high")):
+                accs[key] = [v for n in groups[group] if n in ev["corruptions"]
+                             for s, v in ev["corruptions"][n].items() if s != "mean"]
+            for key, values in accs.items():
+                n = adv["n"] if key == "pgd_claim" else ev["n"]
+                if any(v is not None for v in values):
+                    out[key] = max(out.get(key, 0.0), stats.binomial_half_width(values, n))
+    return out
+
+
+def _claim_text(r: dict) -> str:
+    diff = stats.format_interval(stats.Interval(r["mean"], r["ci"], r["n"]), signed=True)
+    return f"{r['label']} vs {r['baseline']} on {r['what']}: {diff} pp"
+
+
+def conclusions(data: dict, summary: dict, rows: list[dict]) -> list[str]:
+    """The report's opening: which of the paper's claims the study supports, contradicts, leaves undecided and
+    cannot test at its budget, how well the baseline trained, and at which radius the PGD claims are judged."""
+    study = data["study"]
+    floor = [r for r in rows if r.get("floor")]
+    groups = {
+        "Supported (the 95 % interval of the paired difference excludes 0, with the paper's sign)":
+            [r for r in rows if r["verdict"] == stats.AGREES and not r.get("floor")],
+        "Contradicted (the interval excludes 0, with the opposite sign)":
+            [r for r in rows if r["verdict"] == stats.DISAGREES and not r.get("floor")],
+        "Not decided at this budget (the interval includes 0)":
+            [r for r in rows if r["verdict"] in (stats.WITHIN_NOISE, stats.NO_INTERVAL) and not r.get("floor")],
+        "Not testable here (every value below 1 %: the measure is at its floor)": floor,
+    }
+    lines = ["## What this study shows", "",
+             f"Budget: {study['budget_text']}; {len(rows)} of the paper's claims checked."]
+    base = summary.get("standard")
+    if base:
+        clean = stats.Interval(base["clean"]["mean"], base["clean"]["ci"], base["clean"]["n"])
+        lines[-1] += f" The standard model reaches {_cell(clean, 100)} % clean accuracy (mean ± 95 % CI over seeds)."
+    lines.append("")
+    for title, members in groups.items():
+        if members:
+            lines.append(f"* **{title}:** " + "; ".join(_claim_text(r) for r in members) + ".")
+    clean_models = [label for label in summary if parse(label).info.attack is None]
+    claim, eps = claim_eps_key(study), study["eps_key"]
+    if clean_models and claim != eps:
+        at = {k: max(summary[label][k]["mean"] for label in clean_models) for k in ("pgd_claim", "pgd_ce")}
+        room = "so a difference can show" if at["pgd_claim"] >= FLOOR else "still at the floor"
+        lines.append(f"* Adversarial claims are judged by PGD-CE at ε = {claim}, a fraction of the training ε = {eps}:"
+                     f" there the models without adversarial training keep up to {100 * at['pgd_claim']:.1f} % accuracy,"
+                     f" {room}; at ε = {eps} they keep at most {100 * at['pgd_ce']:.1f} %.")
+    lines.append("")
+    return lines
+
+
 def _cell(iv: stats.Interval, scale: float) -> str:
     return stats.format_interval(iv, scale=scale, digits=1 if scale == 100 else 3)
 
@@ -471,6 +547,11 @@ def _formulation_text(study: dict) -> str:
                 " low, inside it for target high)")
         values = f"λ = {_list(study['lams'])}, cutoff = {_list(study['cutoffs'])}"
     return f"{what}, {values}; J's parameter gradient by {mode}"
+
+
+def _title(title: str, study: dict) -> str:
+    """A column title with the claim radius written out ("PGD-CE claim ε" -> "PGD-CE ε=0.0250")."""
+    return title.replace("claim ε", f"ε={claim_eps_key(study)}")
 
 
 def _list(values) -> str:
@@ -536,6 +617,9 @@ def write_markdown(data: dict, summary: dict, rows: list[dict], tradeoffs: dict,
     lines = [
         f"# JaFR study: {study['name']}",
         "",
+        *conclusions(data, summary, rows),
+        "## Setting",
+        "",
         f"Dataset **{study['dataset']}**, model **{study['model']}**, {study['epochs']} epoch(s) per run"
         f" ({_training_text(study)}). JaFR penalty: {_formulation_text(study)}.{jafr_note}",
         "",
@@ -561,12 +645,19 @@ def write_markdown(data: dict, summary: dict, rows: list[dict], tradeoffs: dict,
         f" group), FGSM and PGD at ε = {eps_label}; the low-frequency ratio of the model's Jacobian (share of |F J|²"
         f" at r ≤ {study['primary_cutoff']:g}); the Fourier heat map's mean error.",
         "",
-        "| method | seeds | " + " | ".join(m[1] for m in METRICS) + " |",
+        "| method | seeds | " + " | ".join(_title(m[1], study) for m in METRICS) + " |",
         "|---|---|" + "---|" * len(METRICS),
     ]
     for label, row in summary.items():
         cells = [_cell(stats.Interval(row[k]["mean"], row[k]["ci"], row[k]["n"]), scale) for k, _, scale in METRICS]
         lines.append(f"| {label} | {row['clean']['n']} | " + " | ".join(cells) + " |")
+    half = image_half_widths(data)
+    if half:
+        lines += ["", "Image sampling: every run sees the same test images, so the intervals above leave out how the"
+                  " numbers would move on other images; its 95 % binomial half-width (pp, the largest over methods;"
+                  " for a corruption group the mean over its sets, a bound for correlated errors): "
+                  + ", ".join(f"{_title(t, study)} ± {100 * half[k]:.1f}" for k, t in BINOMIAL_METRICS if k in half)
+                  + ". Paired differences on the same images carry less of it."]
     if any("autoattack" in r for r in summary.values()):
         lines += ["", f"AutoAttack (standard, L-inf, ε = {eps_label}): " + ", ".join(
             f"{k} {_cell(stats.Interval(r['autoattack']['mean'], r['autoattack']['ci'], r['autoattack']['n']), 100)} %"
@@ -695,7 +786,7 @@ def _tradeoff_markdown(study: dict, axis: str, rows: dict) -> list[str]:
         f" training without JaFR. J's low-frequency ratio is measured at the run's own cutoff"
         + (" (so the baseline's changes with it)." if axis == "cutoff" else "."),
         "",
-        f"| method | {name} | " + " | ".join(m[1] for m in TRADEOFF_METRICS) + " |",
+        f"| method | {name} | " + " | ".join(_title(m[1], study) for m in TRADEOFF_METRICS) + " |",
         "|---|---|" + "---|" * len(TRADEOFF_METRICS),
     ]
     shown = set()

@@ -4,12 +4,14 @@ A study trains every method once per seed. A cell of the report is the mean over
 95 % interval ``mean ± t(0.975, n - 1) · s / sqrt(n)`` (Student's t, ``s`` the sample standard deviation).
 A claim "method is better than its baseline" is decided on the per-seed differences (method minus baseline,
 same seed): it *agrees* or *disagrees* only when the interval of their mean excludes 0, otherwise it is
-*within noise*. With one seed there is no interval, and no verdict.
+*within noise*. With one seed there is no interval, and no verdict. The seeds share their test images, so the
+t intervals leave out image sampling; :func:`binomial_half_width` gives that part.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Optional, Sequence
 
 
@@ -140,3 +142,17 @@ def format_interval(iv: Interval, scale: float = 100.0, digits: int = 1, signed:
     if iv.half_width is not None:
         text += f" ± {scale * iv.half_width:.{digits}f}"
     return text
+
+
+def binomial_half_width(accuracies: Sequence[float], n: int, level: float = 0.95) -> float:
+    """Half-width of the image-sampling interval of an accuracy measured on ``n`` images (normal approximation
+    ``z · sqrt(p (1 - p) / n)``); for several accuracies on the same images (e.g. a mean over corruptions), the
+    mean of their half-widths: the bound for fully correlated errors, never narrower than the truth.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1 images, got {n}")
+    vals = [float(p) for p in accuracies if _finite(p)]
+    if not vals or any(not 0 <= p <= 1 for p in vals):
+        raise ValueError(f"accuracies must be numbers in [0, 1], got {list(accuracies)}")
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    return sum(z * math.sqrt(p * (1 - p) / n) for p in vals) / len(vals)

@@ -262,12 +262,15 @@ def _epoch_record(history: list, epoch: int, step: int) -> dict:
     return rec
 
 
-# Fields a resumed run may change without changing the result.
-_RESUME_FREE = {"progress", "resume", "overwrite", "out_dir", "data_dir", "device", "ckpt_every", "log_every"}
+# Fields of TrainConfig that do not change a run's result: a run may be resumed with any of them changed, and a
+# study reuses a finished run whatever their values (the one list for both).
+RESULT_NEUTRAL_FIELDS = frozenset({"progress", "resume", "overwrite", "out_dir", "data_dir", "device", "ckpt_every",
+                                   "log_every"})
 
 
 def _check_same_run(saved: dict, current: dict, path: str) -> None:
-    diff = {k: (saved[k], current.get(k)) for k in saved if k not in _RESUME_FREE and saved[k] != current.get(k)}
+    diff = {k: (saved[k], current.get(k)) for k in saved
+            if k not in RESULT_NEUTRAL_FIELDS and saved[k] != current.get(k)}
     if not diff:
         return
     listed = ", ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in sorted(diff.items()))
