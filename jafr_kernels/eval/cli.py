@@ -40,12 +40,9 @@ _STUDY_DEFAULTS = {"model": (None, "small_cnn on Fashion-MNIST, preact_resnet18 
 
 def _choices() -> dict:
     """The allowed values of the TrainConfig fields that have a fixed set."""
-    from jafr_kernels.train.loop import JACOBIAN_MODES
-    from jafr_kernels.train.methods import FORMULATIONS
-    from jafr_kernels.train.models import MODELS
+    from jafr_kernels.train.loop import CHOICES
 
-    return {"model": MODELS, "formulation": FORMULATIONS, "jacobian_mode": JACOBIAN_MODES,
-            "lr_schedule": ("cyclic", "constant"), "dtype": ("float32", "float64")}
+    return CHOICES
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:

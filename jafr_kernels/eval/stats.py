@@ -15,46 +15,15 @@ from statistics import NormalDist
 from typing import Optional, Sequence
 
 
-def _t_central(t: float, df: int) -> float:
-    """P(|T| <= t) for Student's t with ``df`` (integer >= 1) degrees of freedom.
-
-    Closed form for integer df (Abramowitz & Stegun 26.7.3-4): with ``c = cos²θ``, ``θ = atan(t / sqrt(df))``,
-    odd df: ``(2/π)(θ + sinθ cosθ (1 + (2/3) c + (2·4)/(3·5) c² + ...))`` (df - 1)/2 terms in the bracket;
-    even df: ``sinθ (1 + (1/2) c + (1·3)/(2·4) c² + ...)`` df/2 terms.
-    """
-    theta = math.atan(t / math.sqrt(df))
-    s, c = math.sin(theta), math.cos(theta) ** 2
-    if df % 2:
-        total, term = 0.0, 1.0
-        for k in range(1, (df - 1) // 2 + 1):
-            total += term
-            term *= c * (2 * k) / (2 * k + 1)
-        return 2 / math.pi * (theta + s * math.cos(theta) * total)
-    total, term = 0.0, 1.0
-    for k in range(1, df // 2 + 1):
-        total += term
-        term *= c * (2 * k - 1) / (2 * k)
-    return s * total
-
-
 def t_quantile(df: int, level: float = 0.95) -> float:
     """The two-sided ``level`` quantile of Student's t: ``q`` with P(|T| <= q) = level (12.706 for df = 1 at 95 %)."""
+    from scipy.stats import t  # the train extra's dependency
+
     if df < 1 or int(df) != df:
         raise ValueError(f"degrees of freedom must be an integer >= 1, got {df}")
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}")
-    lo, hi = 0.0, 1.0
-    while _t_central(hi, int(df)) < level:
-        hi *= 2
-    for _ in range(200):  # bisection to float precision
-        mid = (lo + hi) / 2
-        if _t_central(mid, int(df)) < level:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-13 * hi:
-            break
-    return (lo + hi) / 2
+    return float(t.ppf(0.5 + level / 2, int(df)))
 
 
 @dataclass(frozen=True)
