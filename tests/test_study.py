@@ -166,7 +166,7 @@ def _tiny(tmp_path, **kw):
     base = dict(name="tiny", train=TrainConfig(model=None, device="cpu", max_steps=2, train_subset=256),
                 methods=("standard", "jafr:low"), seeds=2, eval_subset=24, adv_subset=8, heat_map_images=2,
                 corruptions=("gaussian_noise", "contrast", "snow"), severities=(1, 5), pgd_steps=1, out_root=str(tmp_path),
-                progress=False)
+                progress=False, workers=1)
     base.update(kw)
     return StudyConfig(**base)
 
@@ -253,6 +253,28 @@ def test_tiny_study_end_to_end_and_reuse(tmp_path, counted):
         severities=(2,), pgd_steps=1, cw=False, progress=False))
     ev = json.load(open(out))
     assert set(ev["corruptions"]) == {"fog"} and ev["n"] == 16 and "pgd_cw" not in ev["adversarial"]
+
+
+@needs_fashion
+def test_runs_in_worker_processes_give_the_results_of_one_process(tmp_path):
+    """Two one-thread worker processes train and evaluate every run as one one-thread process does."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_study(_tiny(tmp_path, name="one"))
+    finally:
+        torch.set_num_threads(threads)
+    run_study(_tiny(tmp_path, name="two", workers=2))
+    folders = [r["folder"] for r in json.load(open(tmp_path / "one" / "study.json"))["runs"]]
+    assert len(folders) == 4
+    for folder in folders:
+        one, two = (json.load(open(tmp_path / name / folder / "eval.json")) for name in ("one", "two"))
+        for key in ("clean", "corruptions", "adversarial", "jacobian", "heat_map"):
+            assert one[key] == two[key], (folder, key)
+    statuses = {r["status"] for r in json.load(open(tmp_path / "two" / "study.json"))["runs"]}
+    assert statuses == {"ok"} and os.path.exists(tmp_path / "two" / "report.md")
+    with pytest.raises(ValueError, match="workers"):
+        _tiny(tmp_path, workers=0).resolved()
 
 
 @needs_fashion

@@ -101,7 +101,7 @@ def _study_config(args) -> StudyConfig:
         heat_map_images=args.heat_map_images, heat_map_eps=args.heat_map_eps,
         corruptions=tuple(args.corruptions) if args.corruptions else None, autoattack=args.autoattack,
         eval_seed=args.eval_seed, out_root=args.out_root, retrain=args.retrain, progress=not args.no_progress,
-        full=args.full,
+        full=args.full, workers=args.workers,
     )
 
 
@@ -276,6 +276,8 @@ def register(subparsers) -> None:
                    help="JaFR weight(s); a list gives the trade-off section (default 0.1 ratio, 0.001 official)")
     p.add_argument("--retrain", action="store_true", help="retrain and re-evaluate runs that already have results")
     p.add_argument("--report-only", action="store_true", help="rebuild report.md and figures from the runs on disk")
+    p.add_argument("--workers", type=int, default=None,
+                   help="runs trained at once (default: one per CPU core on a CPU, each on one thread; 1 on a GPU)")
     _add_common(p, "fashion_mnist")
     _add_train_args(p)
     _add_eval_args(p)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
 import platform
 import shutil
@@ -41,7 +42,7 @@ CLAIM_EPS_SCALE = 0.25
 # Fashion-MNIST the small CNN gains 1-2 points over 0.05 in 2-3 epochs; docs/study.md; the paper's value on
 # the other datasets), JaFR's parameter gradient by finite differences (about 2x a standard step; the double
 # backward about 3.5x), the term at every jafr_every-th step.
-STUDY_TRAIN = dict(lr=0.2, jacobian_mode="finite_difference", jafr_every=1)
+STUDY_TRAIN = dict(lr=0.2, jacobian_mode="finite_difference", jafr_every=1, channels_last=True)
 ALL = "all"  # eval_subset / adv_subset: every image
 
 
@@ -123,11 +124,21 @@ class StudyConfig:
     retrain: bool = False
     progress: bool = True
     full: bool = False
+    workers: Optional[int] = None  # runs at a time; None: one per CPU core on a CPU (one thread each), 1 on a GPU
     # filled by resolved()
     budget: Optional[Budget] = None
     budget_origin: str = ""
     seed_list: tuple = ()
     specs: tuple = ()
+
+    def worker_count(self, runs: int) -> int:
+        """How many runs train at once: ``workers``, or on a CPU one per core (a small model trains about 1.6x
+        faster on two threads than on one, but two one-thread runs go twice as fast as one); 1 on a GPU."""
+        if self.workers is not None:
+            return max(1, min(self.workers, runs))
+        if not str(self.train.device).startswith("cpu"):
+            return 1
+        return max(1, min(os.cpu_count() or 1, runs))
 
     def resolved(self) -> "StudyConfig":
         """A copy with every default filled in: device, budget, model, eps, λ and cutoff lists, seeds, specs."""
@@ -176,6 +187,8 @@ class StudyConfig:
         cfg.methods = tuple(str(s) for s in cfg.specs)
         cfg.heat_map_eps = default_heat_map_eps(info.image_size, info.image_size) if cfg.heat_map_eps is None else cfg.heat_map_eps
         cfg.severities = tuple(cfg.severities)
+        if cfg.workers is not None and (isinstance(cfg.workers, bool) or not isinstance(cfg.workers, int) or cfg.workers < 1):
+            raise ValueError(f"workers must be an integer >= 1 (runs trained at once), got {cfg.workers!r}")
         return cfg
 
     @property
@@ -297,6 +310,12 @@ class GeneratedCorruptions:
         self.cache: dict = {}
         self.cache_bytes = cache_bytes
 
+    def prepare(self, severities) -> None:
+        """Generate (and keep) every corruption at ``severities`` now."""
+        for name in self.names:
+            for severity in severities:
+                self.load(name, severity)
+
     def load(self, name: str, severity: int) -> Tensor:
         key = (name, severity)
         if key in self.cache:
@@ -375,7 +394,8 @@ def evaluate_model(
     from tqdm.auto import tqdm
 
     device, b = cfg.train.device, cfg.budget
-    model = model.to(device).eval()
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
+    model = model.to(device, memory_format=memory_format).eval()
     seconds = {}
     t0 = time.perf_counter()
     out: dict = {"n": x.shape[0], "clean": clean_accuracy(model, x, y, device=device)}
@@ -490,6 +510,105 @@ def _train(run_dir: str, tc: TrainConfig, retrain: bool, train_set):
     return train_model(dataclasses.replace(tc, resume=started and not retrain), train_set=train_set).model
 
 
+@dataclass
+class _RunContext:
+    """What every run of a study shares: the resolved config, its folder, the evaluation images, corruptions
+    and key, and the training set (loaded once; worker processes inherit it)."""
+
+    cfg: StudyConfig
+    root: str
+    key: dict
+    x: Tensor
+    y: Tensor
+    source: object
+    num_classes: int
+    total: int
+    train_set: object
+
+
+def _previous_outcome(cfg: StudyConfig, run: Run, root: str, key: dict) -> Optional[dict]:
+    """The status of a run that needs no work (evaluated with the same settings, or diverged before with
+    them), else ``None``."""
+    if cfg.retrain:
+        return None
+    run_dir = os.path.join(root, run.folder)
+    tc_dict = dataclasses.asdict(run_train_config(cfg, run, root))
+    if _reusable_eval(os.path.join(run_dir, "eval.json"), tc_dict, key) is not None:
+        return {"status": "ok", "reused": True}
+    failed = _read_json(os.path.join(run_dir, "failed.json"))
+    if failed is not None and _result_fields(failed.get("train_config", {})) == _result_fields(tc_dict):
+        print(f"[study] {run.folder}: diverged before with these settings ({failed['error']}); not retried"
+              " (--retrain retries)", flush=True)
+        return {"status": "failed", "error": failed["error"], "reused": True}
+    return None
+
+
+def _train_and_evaluate(ctx: _RunContext, i: int, run: Run) -> tuple[dict, dict]:
+    """Train ``run`` (unless its training finished) and evaluate it; writes its ``eval.json`` (or
+    ``failed.json`` when training diverges). Returns (status, time spent)."""
+    cfg = ctx.cfg
+    run_dir = os.path.join(ctx.root, run.folder)
+    tc = run_train_config(cfg, run, ctx.root)
+    tc_dict = dataclasses.asdict(tc)
+    eval_path, failed_path = os.path.join(run_dir, "eval.json"), os.path.join(run_dir, "failed.json")
+    tag = f"[study] {i}/{ctx.total} {run.folder}"
+    t0, c0 = time.perf_counter(), time.process_time()
+    model = None if cfg.retrain else _finished_model(run_dir, tc)
+    trained = model is None
+    if trained:
+        print(f"{tag}: training", flush=True)
+        try:
+            model = _train(run_dir, tc, cfg.retrain, ctx.train_set)
+        except NonFiniteLossError as exc:
+            print(f"{tag}: training diverged: {exc}", flush=True)
+            os.makedirs(run_dir, exist_ok=True)
+            _write_json(failed_path, {"train_config": tc_dict, "error": str(exc)})
+            return {"status": "failed", "error": str(exc)}, {"failed": 1}
+    train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
+    ev = evaluate_model(model, ctx.x, ctx.y, cfg, ctx.source, num_classes=ctx.num_classes)
+    eval_s, eval_cpu = time.perf_counter() - t0, time.process_time() - c0
+    ev.update(run.record(), evaluation_key=ctx.key, train_config=tc_dict, trained_now=trained,
+              train_seconds=train_s if trained else None, train_cpu_seconds=train_cpu if trained else None,
+              eval_seconds=eval_s, eval_cpu_seconds=eval_cpu)
+    if os.path.exists(failed_path):
+        os.remove(failed_path)
+    _write_json(eval_path, ev)
+    adv = ev["adversarial"]
+    print(f"{tag}: clean {100 * ev['clean']:.1f}%, PGD at {eps_key(cfg.eps)} {100 * adv['pgd_ce'][eps_key(cfg.eps)]:.1f}%,"
+          f" J low-freq ratio {ev['jacobian']['low_freq_ratio']:.3f};"
+          + (f" train {train_s:.0f} s," if trained else " (trained before),") + f" eval {eval_s:.0f} s", flush=True)
+    spent = {"train_seconds": train_s, "eval_seconds": eval_s, "evaluated": 1, "trained": int(trained)}
+    return {"status": "ok", "reused": False}, spent
+
+
+_CONTEXT: Optional[_RunContext] = None  # set in the parent before worker processes fork from it
+
+
+def _worker_run(job: tuple[int, Run]) -> tuple[str, dict, dict]:
+    torch.set_num_threads(1)
+    return (job[1].folder, *_train_and_evaluate(_CONTEXT, *job))
+
+
+def _run_all(ctx: _RunContext, todo: list, workers: int):
+    """Yield (folder, status, time spent) per run: in this process, or in ``workers`` forked processes of one
+    thread each (the evaluation images, corruptions and training set are shared with them by the fork)."""
+    if workers <= 1:
+        for i, run in todo:
+            yield (run.folder, *_train_and_evaluate(ctx, i, run))
+        return
+    global _CONTEXT
+    ctx = dataclasses.replace(ctx, cfg=dataclasses.replace(ctx.cfg, progress=False))  # one line per run instead
+    if hasattr(ctx.source, "prepare"):
+        ctx.source.prepare(ctx.cfg.severities)  # generate once here, not once per worker
+    _CONTEXT = ctx
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            yield from pool.imap_unordered(_worker_run, todo)
+    finally:
+        _CONTEXT = None
+
+
 def run_study(cfg: StudyConfig) -> str:
     """Train and evaluate every run of ``cfg`` that is not finished yet, then write the report; returns its path.
 
@@ -529,60 +648,27 @@ def run_study(cfg: StudyConfig) -> str:
     status: dict = {}
     _write_json(os.path.join(root, "study.json"), _study_record(cfg, x, runs, status))
 
-    train_set = None  # loaded once, when the first run needs training
     timing = {"train_seconds": 0.0, "eval_seconds": 0.0, "trained": 0, "evaluated": 0, "reused": 0, "failed": 0}
-    bar = tqdm(runs, desc="study", unit="run", disable=not cfg.progress, dynamic_ncols=True)
-    for i, run in enumerate(bar, 1):
-        run_dir = os.path.join(root, run.folder)
-        tc = run_train_config(cfg, run, root)
-        tc_dict = dataclasses.asdict(tc)
-        eval_path, failed_path = os.path.join(run_dir, "eval.json"), os.path.join(run_dir, "failed.json")
-        tag = f"[study] {i}/{len(runs)} {run.folder}"
-        if not cfg.retrain and _reusable_eval(eval_path, tc_dict, key) is not None:
-            status[run.folder] = {"status": "ok", "reused": True}
-            timing["reused"] += 1
+    todo = []
+    for i, run in enumerate(runs, 1):
+        done = _previous_outcome(cfg, run, root, key)
+        if done is None:
+            todo.append((i, run))
             continue
-        failed = _read_json(failed_path)
-        if not cfg.retrain and failed is not None and _result_fields(failed.get("train_config", {})) == _result_fields(tc_dict):
-            print(f"{tag}: diverged before with these settings ({failed['error']}); not retried (--retrain retries)", flush=True)
-            status[run.folder] = {"status": "failed", "error": failed["error"], "reused": True}
-            timing["failed"] += 1
-            continue
-        t0, c0 = time.perf_counter(), time.process_time()
-        model = None if cfg.retrain else _finished_model(run_dir, tc)
-        trained = model is None
-        if trained:
-            print(f"{tag}: training", flush=True)
-            if train_set is None:
-                train_set = load_dataset(cfg.train.dataset, True, cfg.train.data_dir)
-            try:
-                model = _train(run_dir, tc, cfg.retrain, train_set)
-            except NonFiniteLossError as exc:
-                print(f"{tag}: training diverged: {exc}", flush=True)
-                os.makedirs(run_dir, exist_ok=True)
-                _write_json(failed_path, {"train_config": tc_dict, "error": str(exc)})
-                status[run.folder] = {"status": "failed", "error": str(exc)}
-                timing["failed"] += 1
-                continue
-            timing["trained"] += 1
-        train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
-        t0, c0 = time.perf_counter(), time.process_time()
-        ev = evaluate_model(model, x, y, cfg, source, num_classes=info.num_classes)
-        eval_s, eval_cpu = time.perf_counter() - t0, time.process_time() - c0
-        timing["train_seconds"] += train_s
-        timing["eval_seconds"] += eval_s
-        timing["evaluated"] += 1
-        ev.update(run.record(), evaluation_key=key, train_config=tc_dict, trained_now=trained,
-                  train_seconds=train_s if trained else None, train_cpu_seconds=train_cpu if trained else None,
-                  eval_seconds=eval_s, eval_cpu_seconds=eval_cpu)
-        if os.path.exists(failed_path):
-            os.remove(failed_path)
-        _write_json(eval_path, ev)
-        status[run.folder] = {"status": "ok", "reused": False}
-        adv = ev["adversarial"]
-        print(f"{tag}: clean {100 * ev['clean']:.1f}%, PGD at {eps_key(cfg.eps)} {100 * adv['pgd_ce'][eps_key(cfg.eps)]:.1f}%,"
-              f" J low-freq ratio {ev['jacobian']['low_freq_ratio']:.3f};"
-              + (f" train {train_s:.0f} s," if trained else " (trained before),") + f" eval {eval_s:.0f} s", flush=True)
+        status[run.folder] = done
+        timing["failed" if done["status"] == "failed" else "reused"] += 1
+    workers = cfg.worker_count(len(todo))
+    if todo:
+        print(f"[study] {len(todo)} run(s) to train or evaluate"
+              + (f", {workers} at a time (one CPU thread each)" if workers > 1 else ""), flush=True)
+    context = _RunContext(cfg, root, key, x, y, source, info.num_classes, len(runs),
+                          load_dataset(cfg.train.dataset, True, cfg.train.data_dir) if todo else None)
+    bar = tqdm(total=len(todo), desc="study", unit="run", disable=not cfg.progress, dynamic_ncols=True)
+    for folder, outcome, spent in _run_all(context, todo, workers):
+        status[folder] = outcome
+        for k, v in spent.items():
+            timing[k] += v
+        bar.update()
     bar.close()
 
     record = _study_record(cfg, x, runs, status)

@@ -103,26 +103,87 @@ class FirstOrderReLU(nn.Module):
 _ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "first_order_relu": FirstOrderReLU}
 
 
+class _ImageConv(torch.autograd.Function):
+    """A stride-1 convolution whose input gradient is the convolution of the output gradient with the flipped,
+    transposed kernel. On the CPU, oneDNN's backward-data kernel for a convolution with one or a few input
+    channels is 4-5x slower than that forward convolution (measured: 8.2 ms against 1.7 ms for (128, 8, 28, 28)
+    -> (128, 1, 28, 28)), and every input gradient (JaFR's J, FGSM and PGD) pays it. Differentiable twice."""
+
+    @staticmethod
+    def forward(x, weight, bias, padding):
+        return F.conv2d(x, weight, bias, padding=padding)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, padding = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.has_bias = padding, bias is not None
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        p = ctx.padding
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            back = (weight.shape[-2] - 1 - p[0], weight.shape[-1] - 1 - p[1])
+            gx = F.conv2d(grad, weight.flip(-2, -1).transpose(0, 1), padding=back)
+        if ctx.needs_input_grad[1]:
+            gw = torch.ops.aten.convolution_backward(grad, x, weight, None, [1, 1], list(p), [1, 1], False, [0, 0], 1,
+                                                     [False, True, False])[1]
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = grad.sum((0, 2, 3))
+        return gx, gw, gb, None
+
+
+class ImageConv2d(nn.Conv2d):
+    """``nn.Conv2d`` (stride 1, no dilation or groups, padding at most kernel - 1) for the first layer, the one
+    that sees the image: on the CPU its input gradient takes :class:`_ImageConv`'s faster route; elsewhere it
+    is ``nn.Conv2d``. Same parameters and state dict as ``nn.Conv2d``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if (self.stride != (1, 1) or self.dilation != (1, 1) or self.groups != 1 or self.padding_mode != "zeros"
+                or isinstance(self.padding, str)
+                or any(p > k - 1 for p, k in zip(self.padding, self.kernel_size))):
+            raise ValueError("ImageConv2d takes stride 1, dilation 1, groups 1, zero padding of at most kernel - 1")
+
+    def forward(self, x):
+        if x.device.type != "cpu":
+            return super().forward(x)
+        return _ImageConv.apply(x, self.weight, self.bias, self.padding)
+
+
 class SmallCNN(nn.Module):
     """Small CNN for 28x28 / 32x32 inputs, fast on CPU: three 3x3 conv blocks (width, 2w, 4w) with optional
-    BatchNorm and 2x2 max pooling after the first two, global average pooling, linear classifier.
+    BatchNorm and 2x2 max pooling after the first two, then a linear classifier.
 
     Args:
         in_channels, num_classes: input planes and classes.
-        width: channels of the first conv (default 8: a Fashion-MNIST epoch of double-backprop JaFR in about a minute on 2 cores).
+        width: channels of the first conv (default 8: a Fashion-MNIST epoch of finite-difference JaFR in about
+            30 s of one CPU core).
         norm: ``"batch"`` (BatchNorm2d) or ``"none"``.
         activation: ``"relu"``, ``"silu"``, ``"tanh"`` or ``"first_order_relu"`` (no double backward).
+        head: ``"flatten"`` (default): the last block's features average-pooled to a 7x7 grid (the identity on
+            28x28 inputs) and flattened, so the classifier sees where a feature is; ``"avg"``: global average
+            pooling. On Fashion-MNIST, width 8, 2 epochs: 90.4 % against 87.1 % test accuracy at the same cost
+            (docs/study.md).
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 8, norm: str = "batch", activation: str = "relu"):
+    GRID = 7
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 8, norm: str = "batch",
+                 activation: str = "relu", head: str = "flatten"):
         super().__init__()
         if norm not in ("batch", "none"):
             raise ValueError(f"norm must be 'batch' or 'none', got {norm!r}")
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        if head not in ("flatten", "avg"):
+            raise ValueError(f"head must be 'flatten' or 'avg', got {head!r}")
         layers, c_in = [], in_channels
         for i, c_out in enumerate((width, 2 * width, 4 * width)):
-            layers.append(nn.Conv2d(c_in, c_out, 3, padding=1, bias=norm == "none"))
+            conv = ImageConv2d if i == 0 else nn.Conv2d
+            layers.append(conv(c_in, c_out, 3, padding=1, bias=norm == "none"))
             if norm == "batch":
                 layers.append(nn.BatchNorm2d(c_out))
             layers.append(_ACTIVATIONS[activation]())
@@ -130,10 +191,16 @@ class SmallCNN(nn.Module):
                 layers.append(nn.MaxPool2d(2))
             c_in = c_out
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(c_in, num_classes)
+        self.head = head
+        self.classifier = nn.Linear(c_in * (self.GRID ** 2 if head == "flatten" else 1), num_classes)
 
     def forward(self, x):
-        return self.classifier(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
+        f = self.features(x)
+        if self.head == "avg":
+            return self.classifier(F.adaptive_avg_pool2d(f, 1).flatten(1))
+        if f.shape[-2:] != (self.GRID, self.GRID):
+            f = F.adaptive_avg_pool2d(f, self.GRID)
+        return self.classifier(f.flatten(1))
 
 
 MODELS = ("small_cnn", "small_cnn_nobn", "small_cnn_first_order", "preact_resnet18", "preact_resnet18_authors")
