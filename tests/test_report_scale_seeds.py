@@ -30,3 +30,17 @@ def test_too_few_seeds_warning():
     assert "within noise" in report.seeds_warning(3, _rows(stats.WITHIN_NOISE, stats.WITHIN_NOISE))
     assert report.seeds_warning(3, _rows(stats.WITHIN_NOISE, stats.DISAGREES)) is None
     assert report.seeds_warning(5, _rows(stats.AGREES)) is None
+
+
+def test_training_text_names_the_settings_the_methods_use():
+    """GradAlign's weight and the training PGD steps are reported when a method of the study uses them (the
+    method registry decides, whatever the spec's spelling)."""
+    train = {"batch_size": 128, "lr": 0.2, "lr_schedule": "cyclic", "momentum": 0.9, "weight_decay": 5e-4, "eps": 0.1,
+             "augment": True, "dtype": "float32", "bf16": False, "freeze_bn": True, "gradalign_lambda": 0.3, "pgd_steps": 7}
+
+    def text(*methods):
+        return report._training_text({"train": train, "methods": list(methods)})
+
+    assert "GradAlign λ 0.3" not in text("standard", "fgsm", "jafr:low") and "PGD-7" not in text("fgsm+jafr:high")
+    assert "GradAlign λ 0.3" in text("standard", "gradalign") and "PGD-7" not in text("gradalign")
+    assert "training PGD-7" in text("pgd+jafr:high") and "training PGD-7" in text("pgd+jafr_low")

@@ -7,68 +7,35 @@ any training, evaluation or folder creation; a mistake is a one-line ``ValueErro
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
-import typing
 
 from jafr_kernels.eval.study import ALL, DEFAULT_METHODS, STUDY_TRAIN, StudyConfig
+from jafr_kernels.train.cli import add_train_options, int_or_none, option_flags, train_fields
 from jafr_kernels.train.loop import TrainConfig
 
 
-def _int_or_none(text: str):
-    if text.lower() in ("none", "all", "full"):
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'all', got {text!r}") from None
-
-
 def _count(text: str):
-    return ALL if text.lower() in ("none", "all", "full") else _int_or_none(text)
+    return ALL if text.lower() in ("none", "all", "full") else int_or_none(text)
 
 
 # TrainConfig fields the study sets itself (per run, or through the study's own options).
 _STUDY_SET = {"method", "target", "seed", "lam", "cutoff", "epochs", "out_dir", "resume", "progress", "dataset",
               "data_dir", "eps", "device", "overwrite", "init_from"}
-_TRAIN_RENAMED = {"pgd_steps": "train_pgd_steps"}  # the study's --pgd-steps is the evaluation attack's
-_STUDY_DEFAULTS = {"model": (None, "small_cnn on Fashion-MNIST, preact_resnet18 otherwise (or with --full)"),
-                   **{k: (v, f"default {v} (the study's)") for k, v in STUDY_TRAIN.items()}}
-
-
-def _choices() -> dict:
-    """The allowed values of the TrainConfig fields that have a fixed set."""
-    from jafr_kernels.train.loop import CHOICES
-
-    return CHOICES
+_STUDY_MODEL = "small_cnn on Fashion-MNIST, preact_resnet18 otherwise or with --full"
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    """One option per remaining TrainConfig field (--batch-size, --bf16/--no-bf16, --fd-h, ...), default: TrainConfig's."""
-    g = p.add_argument_group("training (every TrainConfig field; see jafr train --help)")
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in _STUDY_SET:
-            continue
-        dest = _TRAIN_RENAMED.get(f.name, f.name)
-        flag = "--" + dest.replace("_", "-")
-        kind = typing.get_args(hints[f.name]) or (hints[f.name],)
-        kind = next(t for t in kind if t is not type(None))
-        default, text = _STUDY_DEFAULTS.get(f.name, (f.default, f"default {f.default}"))
-        if kind is bool:
-            g.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=default, help=text)
-        else:
-            g.add_argument(flag, dest=dest, type=_int_or_none if kind is int else kind, default=default,
-                           choices=_choices().get(f.name), help=text)
+    """jafr train's options for the TrainConfig fields a study does not set per run, with the study's defaults."""
+    changed = ", ".join(f"{option_flags(k)[0]} {v}" for k, v in STUDY_TRAIN.items())
+    g = p.add_argument_group(f"training (as in jafr train; the study's defaults: {changed})")
+    add_train_options(g, skip=_STUDY_SET, defaults={"model": None, **STUDY_TRAIN}, notes={"model": _STUDY_MODEL})
 
 
 def _train_config(args) -> TrainConfig:
-    fields = {f.name: getattr(args, _TRAIN_RENAMED.get(f.name, f.name)) for f in dataclasses.fields(TrainConfig)
-              if f.name not in _STUDY_SET and hasattr(args, _TRAIN_RENAMED.get(f.name, f.name))}
     return TrainConfig(dataset=args.dataset, data_dir=args.data_dir, eps=args.eps, device=args.device, seed=args.seed,
-                       lam=args.lam[0] if args.lam else None, cutoff=args.cutoff[0], **fields)
+                       lam=args.lam[0] if args.lam else None, cutoff=args.cutoff[0], **train_fields(args, _STUDY_SET))
 
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:

@@ -568,10 +568,10 @@ def _training_text(study: dict) -> str:
         parts.append(f"at most {t['max_steps']} steps")
     if t.get("train_subset"):
         parts.append(f"first {t['train_subset']} training images")
-    methods = study["methods"]
-    if any(m.startswith("gradalign") for m in methods):
+    methods = [parse(m).info for m in study["methods"]]
+    if any(m.gradalign for m in methods):
         parts.append(f"GradAlign λ {t['gradalign_lambda']:g}")
-    if any(m.startswith("pgd") for m in methods):
+    if any(m.attack == "pgd" for m in methods):
         parts.append(f"training PGD-{t['pgd_steps']}")
     return ", ".join(parts)
 
@@ -605,19 +605,30 @@ def _verdict_cell(r: dict) -> str:
 
 
 def write_markdown(data: dict, summary: dict, rows: list[dict], tradeoffs: dict, path: str) -> None:
-    study, corr = data["study"], data["corruptions"]
-    groups = corr["groups"]
-    eps_label = study["eps_key"]
-    adv = study["adversarial"]
-    seeds = study["seeds"]
-    n_seeds = len(seeds)
+    """Write ``report.md``: the conclusions, then one section per function below, in reading order."""
+    study = data["study"]
     primary = _primary_runs(data)
+    lines = [f"# JaFR study: {study['name']}", "", *conclusions(data, summary, rows)]
+    lines += _setting_section(study, data["corruptions"])
+    lines += _headline_section(data, summary)
+    lines += _claims_section(study, rows)
+    for axis, rows_t in tradeoffs.items():
+        lines += _tradeoff_markdown(study, axis, rows_t)
+    lines += _corruptions_section(data["corruptions"], primary)
+    lines += _adversarial_section(study, primary)
+    lines += _frequency_section(study)
+    lines += _failed_section(data["failed"])
+    lines += _files_section(study)
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
+def _setting_section(study: dict, corr: dict) -> list[str]:
+    """Dataset, model, training and penalty settings; what the seeds vary; budget and evaluation; wall time."""
+    adv, eps_label, seeds = study["adversarial"], study["eps_key"], study["seeds"]
     jafr_note = (f" Headline and verdicts use λ = {study['primary_lam']:g}" + (f", cutoff {study['primary_cutoff']:g}" if study["formulation"] == "ratio" else "")
                  + "; the trade-off section shows the others." if (len(study["lams"]) > 1 or len(study["cutoffs"]) > 1) else "")
-    lines = [
-        f"# JaFR study: {study['name']}",
-        "",
-        *conclusions(data, summary, rows),
+    return [
         "## Setting",
         "",
         f"Dataset **{study['dataset']}**, model **{study['model']}**, {study['epochs']} epoch(s) per run"
@@ -639,6 +650,14 @@ def write_markdown(data: dict, summary: dict, rows: list[dict], tradeoffs: dict,
         f" {study.get('trained', 0)} run(s) trained, {study.get('evaluated', 0)} evaluated, {study.get('reused', 0)} reused"
         f" from disk) on {study.get('device_name', study['device'])}, torch {study.get('torch_version', '?')}.",
         "",
+    ]
+
+
+def _headline_section(data: dict, summary: dict) -> list[str]:
+    """One row per method at the primary setting; the image-sampling half-widths; AutoAttack when run."""
+    study = data["study"]
+    eps_label = study["eps_key"]
+    lines = [
         "## Headline",
         "",
         f"Accuracy (%) on clean images, corruptions (mean over severities and over the corruptions of each measured"
@@ -662,9 +681,13 @@ def write_markdown(data: dict, summary: dict, rows: list[dict], tradeoffs: dict,
         lines += ["", f"AutoAttack (standard, L-inf, ε = {eps_label}): " + ", ".join(
             f"{k} {_cell(stats.Interval(r['autoattack']['mean'], r['autoattack']['ci'], r['autoattack']['n']), 100)} %"
             for k, r in summary.items() if "autoattack" in r)]
+    return lines + [""]
+
+
+def _claims_section(study: dict, rows: list[dict]) -> list[str]:
+    """The paper's claims: one row per paired comparison with its verdict, the tally, the forest plot."""
     counts = {v: sum(r["verdict"] == v for r in rows) for v in (stats.AGREES, stats.DISAGREES, stats.WITHIN_NOISE, stats.NO_INTERVAL)}
-    lines += [
-        "",
+    lines = [
         "## The paper's claims, checked",
         "",
         "The paper (Chan, Ong, Tan, IJCAI 2022, abstract): biasing the Jacobian towards low frequencies improves"
@@ -675,7 +698,7 @@ def write_markdown(data: dict, summary: dict, rows: list[dict], tradeoffs: dict,
         " the difference is **within noise**.",
         "",
     ]
-    few = seeds_warning(n_seeds, rows)
+    few = seeds_warning(len(study["seeds"]), rows)
     if few:
         lines += [f"**Too few seeds.** {few}", ""]
     lines += [
@@ -687,7 +710,7 @@ def write_markdown(data: dict, summary: dict, rows: list[dict], tradeoffs: dict,
         per = ", ".join(f"{100 * d:+.1f}" for d in r["per_seed"])
         lines.append(f"| {r['label']} vs {r['baseline']} | {r['what']} | {'better' if r['expected'] > 0 else 'worse'} |"
                      f" {diff} | {per} | {_verdict_cell(r)} |")
-    lines += [
+    return lines + [
         "",
         f"Of {len(rows)} checked claims: {counts[stats.AGREES]} agree, {counts[stats.DISAGREES]} disagree,"
         f" {counts[stats.WITHIN_NOISE]} within noise" + (f", {counts[stats.NO_INTERVAL]} without an interval (one seed)" if counts[stats.NO_INTERVAL] else "") + ".",
@@ -695,9 +718,12 @@ def write_markdown(data: dict, summary: dict, rows: list[dict], tradeoffs: dict,
         "![verdicts](verdicts.png)",
         "",
     ]
-    for axis, rows_t in tradeoffs.items():
-        lines += _tradeoff_markdown(study, axis, rows_t)
-    lines += [
+
+
+def _corruptions_section(corr: dict, primary: dict) -> list[str]:
+    """The measured low/high-frequency grouping and its rule, then the accuracy per corruption and method."""
+    groups = corr["groups"]
+    lines = [
         "## Corruptions by frequency",
         "",
         f"Each corruption's frequency character is measured on {corr.get('n', 500)} evaluation images: the"
@@ -722,12 +748,19 @@ def write_markdown(data: dict, summary: dict, rows: list[dict], tradeoffs: dict,
         grp = "low" if name in groups["low"] else "high"
         accs = " | ".join(_cell(stats.mean_ci([e["corruptions"][name]["mean"] for e in evs]), 100) for evs in primary.values())
         lines.append(f"| {name} | {grp} | {corr['character'][name]['mean']:.3f} | {accs} |")
-    lines += [
+    return lines + [
         "",
         "![corruption accuracy](corruption_accuracy.png)",
         "",
         "![corruption frequency](corruption_frequency.png)",
         "",
+    ]
+
+
+def _adversarial_section(study: dict, primary: dict) -> list[str]:
+    """FGSM and PGD accuracy at every radius and CW at the study ε, per method."""
+    adv, eps_label = study["adversarial"], study["eps_key"]
+    lines = [
         "## Adversarial robustness",
         "",
         "| method | " + " | ".join(f"FGSM {k}" for k in adv["eps_keys"]) + " | "
@@ -739,11 +772,16 @@ def write_markdown(data: dict, summary: dict, rows: list[dict], tradeoffs: dict,
             return _cell(stats.mean_ci([e["adversarial"].get(kind, {}).get(k) for e in evs]), 100)
         lines.append(f"| {label} | " + " | ".join(cell("fgsm", k) for k in adv["eps_keys"]) + " | "
                      + " | ".join(cell("pgd_ce", k) for k in adv["eps_keys"]) + f" | {cell('pgd_cw', eps_label)} |")
-    heat_n = study.get("heat_map_n", 0)
-    lines += [
+    return lines + [
         "",
         "![accuracy vs eps](accuracy_vs_eps.png)",
         "",
+    ]
+
+
+def _frequency_section(study: dict) -> list[str]:
+    """What the Jacobian spectra, radial profiles and Fourier heat maps show, with the figures."""
+    return [
         "## Frequency analyses",
         "",
         "Mean |rfft2| of the input gradient J = ∂CE/∂x over the evaluation images (eval-mode model, averaged over"
@@ -753,17 +791,25 @@ def write_markdown(data: dict, summary: dict, rows: list[dict], tradeoffs: dict,
         "",
         "![radial profiles](radial_profiles.png)",
         "",
-        f"Fourier heat maps (Yin et al. 2019) on {heat_n} images: error rate when one Fourier basis image (random sign"
-        " per channel) is added and the result clamped to [0, 1]; DC in the centre; mean over seeds.",
+        f"Fourier heat maps (Yin et al. 2019) on {study.get('heat_map_n', 0)} images: error rate when one Fourier basis"
+        " image (random sign per channel) is added and the result clamped to [0, 1]; DC in the centre; mean over seeds.",
         "",
         "![Fourier heat maps](fourier_heatmaps.png)",
         "",
     ]
-    if data["failed"]:
-        lines += ["## Failed runs", "", "These runs diverged (non-finite loss) and are left out of every table:", ""]
-        lines += [f"* `{r['folder']}`: {r.get('error', '')}" for r in data["failed"]]
-        lines.append("")
-    lines += [
+
+
+def _failed_section(failed: list[dict]) -> list[str]:
+    """The runs that diverged and are left out (nothing when none did)."""
+    if not failed:
+        return []
+    return (["## Failed runs", "", "These runs diverged (non-finite loss) and are left out of every table:", ""]
+            + [f"* `{r['folder']}`: {r.get('error', '')}" for r in failed] + [""])
+
+
+def _files_section(study: dict) -> list[str]:
+    """Where the runs and numbers are, and how to rebuild or extend the study."""
+    return [
         "## Files",
         "",
         "Each run's folder (`<method>[_lam<λ>_cut<cutoff>]/seed<k>/`) holds its training config, metrics, checkpoint"
@@ -772,8 +818,6 @@ def write_markdown(data: dict, summary: dict, rows: list[dict], tradeoffs: dict,
         " values trains only the new runs.",
         "",
     ]
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
 
 
 def _tradeoff_markdown(study: dict, axis: str, rows: dict) -> list[str]:

@@ -1,13 +1,148 @@
-"""``jafr train``: parse arguments into a TrainConfig, train, report. Works under ``torchrun``."""
+"""``jafr train``: parse arguments into a TrainConfig, train, report. Works under ``torchrun``.
+
+Its options for the TrainConfig fields come from :func:`add_train_options`, which ``jafr study`` uses too, so a
+field is spelled, explained and parsed the same way in every command.
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
+import typing
 
 from jafr_kernels.cli import DefaultsFormatter
 from jafr_kernels.train.data import DATASETS
+
+
+# --------------------------------------------------------------------------- one option per TrainConfig field
+# The command line's side of each TrainConfig field, for every command that offers it (jafr train, jafr study).
+HELP = {
+    "method": "training method",
+    "dataset": "fashion_mnist is embedded; the others are read from --data-dir",
+    "model": "preact_resnet18: the paper's network with the standard pre-activation head; preact_resnet18_authors: "
+             "the authors' exact head (needs the paper's long warmup)",
+    "epochs": "passes over the training set",
+    "max_steps": "stop after this many optimizer steps",
+    "batch_size": "global batch size",
+    "lam": "JaFR weight, >= 0",
+    "cutoff": "low-band radius (1 = Nyquist)",
+    "target": "push J's spectrum to low or high frequencies",
+    "formulation": "ratio: energy share outside/inside the band; official: the authors' log-spectrum score",
+    "jacobian_mode": "how the penalty's parameter gradient is taken: finite_difference (two forward and two backward "
+                     "passes) or double_backward (the paper's double backprop, 1.5x dearer)",
+    "jafr_every": "lazy regularisation: the JaFR term every K-th step, weighted K * lam (1: every step)",
+    "jafr_fraction": "sub-batch regularisation: J and the JaFR term on a fraction F of each batch (1: all of it)",
+    "eps": "L-inf radius",
+    "seed": "seeds the model, data order and attacks",
+    "out_dir": "run directory (new or empty, unless --resume or --overwrite)",
+    "data_dir": "dataset root",
+    "train_subset": "use only the first N training samples",
+    "device": "auto (GPU if visible, else CPU; cuda:LOCAL_RANK under torchrun), cpu, cuda, cuda:N",
+    "lr": "peak LR",
+    "progress": "progress bar",
+    "momentum": "SGD momentum",
+    "weight_decay": "SGD weight decay",
+    "lr_schedule": "cyclic: triangular, as in the paper",
+    "warmup_min": "cyclic LR: warm up over at least this many steps (2/5 of training when longer; at most half the run)",
+    "gradalign_lambda": "weight of GradAlign's 1 - cos term (method gradalign)",
+    "pgd_steps": "steps of the training PGD attack, each eps/4 (methods pgd, pgd+jafr)",
+    "fd_h": "finite-difference step, relative to ||x||/||v||",
+    "freeze_bn": "only the main pass updates BN running stats; --no-freeze-bn (or --update-bn-in-extra-passes): "
+                 "attack/Jacobian/finite-difference passes update them too, as the authors' code does",
+    "bf16": "bf16 autocast for the model (spectral maths stay fp32)",
+    "channels_last": "model and batches in channels_last (NHWC) memory format",
+    "compile": "torch.compile the model (needs --jacobian-mode finite_difference for JaFR: no double backward)",
+    "sync_bn": "convert BatchNorm to SyncBatchNorm under DDP",
+    "augment": "random crop / flip",
+    "dtype": "model and data precision",
+    "ckpt_every": "checkpoint every N steps (and at epoch ends)",
+    "log_every": "read metrics back from the device every N steps (and at checkpoints and epoch ends)",
+    "resume": "continue from the newest valid checkpoint in --out",
+    "overwrite": "replace the run in --out (its config, metrics, checkpoints, eval.json)",
+    "init_from": "start from the model weights of a run folder or checkpoint (fresh optimizer and schedule)",
+}
+# What a None default stands for (shown as the option's default).
+NONE_MEANS = {
+    "max_steps": "the epochs' steps",
+    "lam": "0.1 for --formulation ratio, 0.001 for official",
+    "eps": "0.1 Fashion-MNIST, 8/255 others",
+    "data_dir": "/usr/share/datasets/fashion-mnist for Fashion-MNIST",
+    "train_subset": "all",
+    "lr": "0.05 Fashion-MNIST, 0.2 others",
+}
+# Spellings other than "--" + the field's name with dashes; the first one names the parsed attribute.
+# The training attack's steps are --train-pgd-steps everywhere: jafr study's --pgd-steps is the evaluation's.
+FLAGS = {"out_dir": ("--out",), "lam": ("--lam", "--lambda"), "pgd_steps": ("--train-pgd-steps",)}
+NEGATIONS = {"freeze_bn": "--update-bn-in-extra-passes"}  # a further flag that sets the field False
+METAVARS = {"jafr_every": "K", "jafr_fraction": "F", "init_from": "RUN_OR_CKPT"}
+EXCLUSIVE = frozenset({"resume", "overwrite"})  # at most one of them on a command line
+
+
+def int_or_none(text: str):
+    """An integer, or None for 'none', 'all' or 'full' (an optional count's "no limit")."""
+    if text.lower() in ("none", "all", "full"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'all', got {text!r}") from None
+
+
+def option_flags(name: str) -> tuple:
+    """The command-line flags of TrainConfig field ``name`` (``"pgd_steps"`` -> ``("--train-pgd-steps",)``)."""
+    return FLAGS.get(name, ("--" + name.replace("_", "-"),))
+
+
+def _dest(name: str) -> str:
+    return option_flags(name)[0][2:].replace("-", "_")
+
+
+def add_train_options(parser, skip=(), defaults=None, notes=None) -> None:
+    """Add one option per TrainConfig field not in ``skip`` to ``parser`` (a parser or an argument group).
+
+    Flags, type, choices and help come from this module's tables and :data:`jafr_kernels.train.loop.CHOICES`, so
+    every command offers a field the same way; ``defaults`` replaces TrainConfig's defaults and ``notes`` says
+    what a None default stands for, where a command differs (jafr study).
+    """
+    from jafr_kernels.train.loop import CHOICES, TrainConfig
+
+    defaults, notes = defaults or {}, {**NONE_MEANS, **(notes or {})}
+    choices = {**CHOICES, "dataset": DATASETS}
+    hints = typing.get_type_hints(TrainConfig)
+    exclusive = None
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
+        target = parser
+        if f.name in EXCLUSIVE and EXCLUSIVE.isdisjoint(skip):
+            exclusive = exclusive or parser.add_mutually_exclusive_group()
+            target = exclusive
+        kind = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
+        default = defaults.get(f.name, f.default)
+        text = HELP[f.name]
+        if default is None and f.name in notes:
+            text += f" (default: {notes[f.name]})"
+        flags, dest = option_flags(f.name), _dest(f.name)
+        if kind is bool:
+            target.add_argument(*flags, dest=dest, action=argparse.BooleanOptionalAction, default=default,
+                                help=text + " (default: %(default)s)")
+            if f.name in NEGATIONS:
+                target.add_argument(NEGATIONS[f.name], dest=dest, action="store_false", default=default,
+                                    help=f"the same as --no-{flags[0][2:]}")
+            continue
+        convert = int_or_none if kind is int and f.default is None else kind
+        target.add_argument(*flags, dest=dest, type=convert, default=default, choices=choices.get(f.name),
+                            metavar=METAVARS.get(f.name), help=text)
+
+
+def train_fields(args: argparse.Namespace, skip=()) -> dict:
+    """``{field: value}`` of the TrainConfig fields not in ``skip`` that :func:`add_train_options` gave ``args``."""
+    from jafr_kernels.train.loop import TrainConfig
+
+    return {f.name: getattr(args, _dest(f.name)) for f in dataclasses.fields(TrainConfig)
+            if f.name not in skip and hasattr(args, _dest(f.name))}
 
 
 def register(subparsers) -> None:
@@ -19,62 +154,9 @@ def register(subparsers) -> None:
         "to --out. Under torchrun each process takes batch-size/N samples of every global batch.",
         formatter_class=DefaultsFormatter,
     )
-    from jafr_kernels.train.loop import CHOICES
-
-    p.add_argument("--method", default="jafr", choices=CHOICES["method"], help="training method")
-    p.add_argument("--dataset", default="fashion_mnist", choices=DATASETS,
-                   help="fashion_mnist is embedded; the others are read from --data-dir")
-    p.add_argument("--model", default="small_cnn", choices=CHOICES["model"],
-                   help="preact_resnet18: the paper's network with the standard pre-activation head; "
-                   "preact_resnet18_authors: the authors' exact head (needs the paper's long warmup); default: small_cnn")
-    p.add_argument("--epochs", type=int, default=1, help="passes over the training set")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps (default: the epochs' steps)")
-    p.add_argument("--batch-size", type=int, default=128, help="global batch size")
-    p.add_argument("--lam", "--lambda", dest="lam", type=float, default=None,
-                   help="JaFR weight, >= 0 (default 0.1 for --formulation ratio, 0.001 for official)")
-    p.add_argument("--cutoff", type=float, default=0.25, help="low-band radius (1 = Nyquist)")
-    p.add_argument("--target", default="low", choices=CHOICES["target"], help="push J's spectrum to low or high frequencies")
-    p.add_argument("--formulation", default="ratio", choices=CHOICES["formulation"],
-                   help="ratio: energy share outside/inside the band; official: the authors' log-spectrum score")
-    p.add_argument("--jacobian-mode", default="finite_difference", choices=CHOICES["jacobian_mode"],
-                   help="how the penalty's parameter gradient is taken: finite_difference (two forward and two backward "
-                   "passes) or double_backward (the paper's double backprop, 1.5x dearer)")
-    p.add_argument("--fd-h", type=float, default=0.01, help="finite-difference step, relative to ||x||/||v||")
-    p.add_argument("--jafr-every", type=int, default=4, metavar="K",
-                   help="lazy regularisation: the JaFR term every K-th step, weighted K * lam (1: every step)")
-    p.add_argument("--jafr-fraction", type=float, default=1.0, metavar="F",
-                   help="sub-batch regularisation: J and the JaFR term on a fraction F of each batch (1: all of it)")
-    p.add_argument("--eps", type=float, default=None, help="L-inf radius (default: 0.1 Fashion-MNIST, 8/255 others)")
-    p.add_argument("--lr", type=float, default=None, help="peak LR (default 0.05 Fashion-MNIST, 0.2 others)")
-    p.add_argument("--lr-schedule", default="cyclic", choices=CHOICES["lr_schedule"], help="cyclic: triangular, as in the paper")
-    p.add_argument("--warmup-min", type=int, default=100,
-                   help="cyclic LR: warm up over at least this many steps (2/5 of training when longer; at most half the run)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the model, data order and attacks")
-    p.add_argument("--out", default="runs/train", help="run directory (new or empty, unless --resume or --overwrite)")
-    p.add_argument("--data-dir", default=None, help="dataset root (Fashion-MNIST: /usr/share/datasets/fashion-mnist by default)")
-    p.add_argument("--train-subset", type=int, default=None, help="use only the first N training samples (default: all)")
-    p.add_argument("--device", default="auto", help="auto (GPU if visible, else CPU; cuda:LOCAL_RANK under torchrun), cpu, cuda, cuda:N")
-    p.add_argument("--dtype", default="float32", choices=CHOICES["dtype"], help="model and data precision")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast for the model (spectral maths stay fp32)")
-    p.add_argument("--channels-last", action="store_true", help="model and batches in channels_last (NHWC) memory format")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the model (needs --jacobian-mode finite_difference for JaFR: no double backward)")
-    p.add_argument("--sync-bn", action="store_true", help="convert BatchNorm to SyncBatchNorm under DDP")
-    p.add_argument("--update-bn-in-extra-passes", dest="freeze_bn", action="store_false",
-                   help="let attack/Jacobian/finite-difference passes update BN running stats (as the authors' code does; "
-                   "by default only the main pass does)")
-    p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
-    p.add_argument("--ckpt-every", type=int, default=100, help="checkpoint every N steps (and at epoch ends)")
-    p.add_argument("--log-every", type=int, default=20,
-                   help="read metrics back from the device every N steps (and at checkpoints and epoch ends)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --out")
-    g.add_argument("--overwrite", action="store_true", help="replace the run in --out (its config, metrics, checkpoints, eval.json)")
-    p.add_argument("--init-from", default=None, metavar="RUN_OR_CKPT",
-                   help="start from the model weights of a run folder or checkpoint (fresh optimizer and schedule)")
+    add_train_options(p)
     p.add_argument("--test-subset", type=int, default=None,
                    help="after training, report the accuracy on the first N test images (0: skip; default: the whole test set)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=main)
 
 
@@ -82,16 +164,7 @@ def config_from_args(args: argparse.Namespace):
     """The :class:`TrainConfig` the arguments describe (not yet checked)."""
     from jafr_kernels.train.loop import TrainConfig
 
-    return TrainConfig(
-        method=args.method, dataset=args.dataset, model=args.model, epochs=args.epochs, max_steps=args.max_steps,
-        batch_size=args.batch_size, lam=args.lam, cutoff=args.cutoff, target=args.target, formulation=args.formulation,
-        jacobian_mode=args.jacobian_mode, fd_h=args.fd_h, jafr_every=args.jafr_every,
-        jafr_fraction=args.jafr_fraction, channels_last=args.channels_last, compile=args.compile, eps=args.eps, lr=args.lr, lr_schedule=args.lr_schedule,
-        warmup_min=args.warmup_min, seed=args.seed, out_dir=args.out, data_dir=args.data_dir,
-        train_subset=args.train_subset, device=args.device, dtype=args.dtype, bf16=args.bf16, sync_bn=args.sync_bn,
-        freeze_bn=args.freeze_bn, augment=args.augment, ckpt_every=args.ckpt_every, log_every=args.log_every,
-        resume=args.resume, overwrite=args.overwrite, init_from=args.init_from, progress=args.progress,
-    )
+    return TrainConfig(**train_fields(args))
 
 
 # λ far beyond its formulation's default swamps the classification loss: training then mostly shapes J.
