@@ -245,12 +245,18 @@ def quick_paths_table(results: dict) -> str:
 
 
 def _train_times(rows: list[dict], variant: str = "fp32") -> dict:
-    """``{model: {method: row}}`` of the training steps of one variant (fp32, or e.g. bf16+channels_last)."""
+    """``{(model, batch): {method: row}}`` of the training steps of one variant (fp32, or e.g. bf16+channels_last)."""
     out: dict = {}
     for r in rows:
         if r.get("kind") == "train" and _variant(r) == variant:
-            out.setdefault(r["model"], {})[r["method"]] = r
+            out.setdefault((r["model"], r["batch"]), {})[r["method"]] = r
     return out
+
+
+def _model_times(train: dict, model: str) -> dict:
+    """The steps of ``model`` at its largest timed batch (``{}`` if it was not timed)."""
+    batches = [b for m, b in train if m == model]
+    return train[(model, max(batches))] if batches else {}
 
 
 def _variant(row: dict) -> str:
@@ -318,7 +324,7 @@ def evaluate_targets(rows: list[dict], meta: dict) -> list[dict]:
             targets.append(_target(name, cpu["speedup_vs_eager"], 3.0, "higher", "x", "; ".join(parts)))
     # 2-3. Training-step targets.
     train = _train_times(rows)
-    resnet = train.get("preact_resnet18", {})
+    resnet = _model_times(train, "preact_resnet18")
     name = "penalty share of a JaFR double-backward step, PreAct ResNet-18 at 32x32" + (" (CPU)" if device == "cpu" else " (GPU)")
     if "penalty" in resnet and "jafr_double" in resnet:
         share = resnet["penalty"]["median_s"] / resnet["jafr_double"]["median_s"]
@@ -327,20 +333,19 @@ def evaluate_targets(rows: list[dict], meta: dict) -> list[dict]:
         targets.append(_target(name, 100 * share, 2.0, "lower", "%", note))
     else:
         targets.append(_target(name, None, 2.0, "lower", "%", "not run"))
-    for model in ("small_cnn", "preact_resnet18"):
-        t = train.get(model, {})
+    for (model, batch), t in sorted(train.items()):
         std = t.get("standard")
         note = "" if std is None else f"standard {std['median_s'] * 1e3:.1f} ms" + "".join(
             f", {m} {t[m]['median_s'] * 1e3:.1f} ms ({t[m]['median_s'] / std['median_s']:.2f}x)"
             for m in ("jafr_double", "jafr_fd", "jafr_fd_lazy", "jafr_fd_sub") if m in t)
         for method, what, goal in STEP_GOALS:
-            name = f"{what} / standard step, {model}"
+            name = f"{what} / standard step, {model} batch {batch}"
             if std is None or method not in t:
                 targets.append(_target(name, None, goal, "lower", "x", "not run"))
             else:
                 targets.append(_target(name, t[method]["median_s"] / std["median_s"], goal, "lower", "x", note))
     if device == "cuda" and not smoke:  # the GPU goals: PreAct ResNet-18, batch 128, bf16 (with channels_last)
-        t = _train_times(rows, "bf16+channels_last").get("preact_resnet18", {})
+        t = _model_times(_train_times(rows, "bf16+channels_last"), "preact_resnet18")
         for method, what, goal in GPU_STEP_GOALS:
             name = f"{what} / standard step, preact_resnet18 bf16+channels_last (GPU)"
             ok = "standard" in t and method in t
@@ -438,7 +443,7 @@ def train_table(results: dict) -> str:
     lines = []
     variants = dict.fromkeys(_variant(r) for r in results["rows"] if r.get("kind") == "train")
     for variant in variants:
-        for model, t in _train_times(results["rows"], variant).items():
+        for (model, _), t in _train_times(results["rows"], variant).items():
             std = t.get("standard")
             for method in configs.TRAIN_METHODS:
                 if method not in t:
