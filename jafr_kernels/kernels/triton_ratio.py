@@ -149,7 +149,8 @@ def _sample_value(e_part, e_all, BAND_CMP: tl.constexpr, COMPLEMENT: tl.constexp
 
 @triton.jit
 def _ratio_grad_scalars(grad_ptr, grad_stride, value_ptr, stats_ptr, b, COMPLEMENT: tl.constexpr, ACC: tl.constexpr):
-    """(s_b, k_b, rho_b, 1 - rho_b) of a sample for the backward: k_b = +-2 s_b grad_b / E_all(s_b x_b), 0 if E_all = 0."""
+    """(s_b, k_b, rho_b, 1 - rho_b) of a sample for the backward: k_b = +-2 grad_b / E_all(s_b x_b), 0 if E_all = 0.
+    s_b multiplies the gradient last: for a subnormal sample s_b = 2^127 (2^1023 in fp64), and 2 s_b overflows."""
     g = tl.load(grad_ptr + b * grad_stride).to(ACC)
     s = tl.load(stats_ptr + 2 * b)
     e_all = tl.load(stats_ptr + 2 * b + 1)
@@ -157,11 +158,11 @@ def _ratio_grad_scalars(grad_ptr, grad_stride, value_ptr, stats_ptr, b, COMPLEME
     if COMPLEMENT:
         rho = 1.0 - value
         rest = value
-        k = -2.0 * s * g
+        k = -2.0 * g
     else:
         rho = value
         rest = 1.0 - value
-        k = 2.0 * s * g
+        k = 2.0 * g
     k = tl.where(e_all == 0, 0.0, k / tl.where(e_all == 0, 1.0, e_all))
     return s, k, rho, rest
 
@@ -205,7 +206,7 @@ def _ratio_bwd_dft_kernel(
     BV: tl.constexpr, UR: tl.constexpr, NU: tl.constexpr, VB: tl.constexpr, HAS_WEIGHT: tl.constexpr,
     BAND_CMP: tl.constexpr, COMPLEMENT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
 ):
-    """dx_b = k_b (S(m X'_b) - N rho_b x'_b) with x' = s_b x_b, k_b = +-2 s_b grad_b / E_all(x'_b), one sample per program.
+    """dx_b = s_b k_b (S(m X'_b) - N rho_b x'_b) with x' = s_b x_b, k_b = +-2 grad_b / E_all(x'_b), one sample per program.
 
     Memory: reads the sample once, grad/value/stats (three numbers) and the DFT factors; writes dx once.
     """
@@ -229,7 +230,7 @@ def _ratio_bwd_dft_kernel(
         x = _load_sample_plane(xb, c, H, W, BH, BW, ACC) * s
         re, im = _plane_spectrum(x, ch, sh, cw, sw, PREC)
         synth = _plane_synthesis(re * coef, im * coef, cht, sht, cwt, swt, PREC)
-        dx = k * (synth + x_coef * x)
+        dx = (k * (synth + x_coef * x)) * s
         tl.store(db + c * (H * W) + rh * W + rw, dx.to(dx_ptr.dtype.element_ty), mask=inside)
 
 
@@ -244,7 +245,7 @@ def _ratio_and_grad_dft_kernel(
 
     Each plane's rectangle spectrum gives its band energy and, at once, its band synthesis S(m X'_c), stored in
     ``syn`` (fp32/fp64; dx itself when x has that dtype): the sample's coefficients k_b and rho_b are known only
-    after its last plane. A second pass writes dx = k_b (S(m X') - N rho_b x') (see ``_ratio_bwd_dft_kernel``).
+    after its last plane. A second pass writes dx = s_b k_b (S(m X') - N rho_b x') (see ``_ratio_bwd_dft_kernel``).
     Memory: reads the sample three times (max, transform, combine; L2-resident after the first), writes and
     re-reads syn once, writes dx once.
     """
@@ -274,11 +275,11 @@ def _ratio_and_grad_dft_kernel(
     if COMPLEMENT:
         rho = 1.0 - value
         rest = value
-        k = -2.0 * s * scale
+        k = -2.0 * scale
     else:
         rho = value
         rest = 1.0 - value
-        k = 2.0 * s * scale
+        k = 2.0 * scale
     k = tl.where(e_all == 0, 0.0, k / tl.where(e_all == 0, 1.0, e_all))  # zero gradient for an all-zero sample
     if BAND_CMP:  # band = all - rectangle: S(m X) = N x - S(m_rect X)
         band_sign = -1.0
@@ -290,7 +291,7 @@ def _ratio_and_grad_dft_kernel(
     for c in range(C):
         x = _load_sample_plane(xb, c, H, W, BH, BW, ACC) * s
         synth = tl.load(sb + c * (H * W) + rh * W + rw, mask=inside, other=0.0).to(ACC)
-        dx = k * (band_sign * synth + x_coef * x)
+        dx = (k * (band_sign * synth + x_coef * x)) * s  # s last: 2 s overflows for a subnormal sample
         tl.store(db + c * (H * W) + rh * W + rw, dx.to(dx_ptr.dtype.element_ty), mask=inside)
 
 
@@ -359,7 +360,8 @@ def _ratio_grad_spectrum_kernel(
     C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, HAS_WEIGHT: tl.constexpr, COMPLEMENT: tl.constexpr,
     ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """G = k_b (m - rho_b) s_b X for a block of bins of one plane (grid: planes x bin blocks), for irfft2.
+    """G = s_b k_b (m - rho_b) X' with X' = s_b X for a block of bins of one plane (grid: planes x bin blocks),
+    for irfft2; s_b applied last (see ``_ratio_grad_scalars``).
 
     Edge columns (v = 0 and, for even W, v = W/2) are symmetrised in u, G_u <- (G_u + conj(G_-u)) / 2, so a
     weight map that is not symmetric still gives the exact gradient through the c2r inverse. Memory: reads
@@ -389,8 +391,8 @@ def _ratio_grad_spectrum_kernel(
         gr = tl.where(edge, 0.5 * (gr + f_m * re_m), gr)
         gi = tl.where(edge, 0.5 * (gi - f_m * im_m), gi)
     obase = out_ptr + plane * (H * V * 2)
-    tl.store(obase + 2 * idx, gr, mask=ok)
-    tl.store(obase + 2 * idx + 1, gi, mask=ok)
+    tl.store(obase + 2 * idx, gr * s, mask=ok)
+    tl.store(obase + 2 * idx + 1, gi * s, mask=ok)
 
 
 # --------------------------------------------------------------------------- host side
