@@ -102,6 +102,26 @@ def _sample_scale(xb, C, H: tl.constexpr, W: tl.constexpr, BH: tl.constexpr, BW:
     return _pow2_scale(m, ACC)
 
 
+@triton.jit
+def _sample_band_energy(xb, C, s, coef, ch, sh, cw, sw, syn, cht, sht, cwt, swt, H: tl.constexpr, W: tl.constexpr,
+                        BH: tl.constexpr, BW: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, SYNTH: tl.constexpr):
+    """(E_rect, E_all) of x' = s x_b: sum_c sum coef |X'_c|^2 over the rectangle and N sum x'^2, each plane transformed
+    once. With SYNTH, also each plane's synthesis S(coef X'_c) into ``syn`` (x's layout), while its spectrum is live."""
+    e_rect = tl.zeros((), dtype=ACC)
+    sumsq = tl.zeros((), dtype=ACC)
+    for c in range(C):
+        x = _load_sample_plane(xb, c, H, W, BH, BW, ACC) * s
+        re, im = _plane_spectrum(x, ch, sh, cw, sw, PREC)
+        e_rect += tl.sum(tl.sum(coef * (re * re + im * im), axis=1), axis=0)
+        sumsq += tl.sum(tl.sum(x * x, axis=1), axis=0)
+        if SYNTH:
+            rh = tl.arange(0, BH)[:, None]
+            rw = tl.arange(0, BW)[None, :]
+            synth = _plane_synthesis(re * coef, im * coef, cht, sht, cwt, swt, PREC)
+            tl.store(syn + c * (H * W) + rh * W + rw, synth.to(syn.dtype.element_ty), mask=(rh < H) & (rw < W))
+    return e_rect, (H * W) * sumsq
+
+
 # --------------------------------------------------------------------------- band-limited DFT path
 @triton.jit(do_not_specialize=["q_lo", "q_hi", "C"])
 def _ratio_dft_kernel(
@@ -120,14 +140,9 @@ def _ratio_dft_kernel(
     ch, sh, cw, sw = _load_rect_matrices(ch_ptr, sh_ptr, cw_ptr, sw_ptr, BU, BH, BW, BV, False)
     coef = _rect_coef(w_ptr, q_lo, q_hi, H, W, BU, BV, UR, NU, VB, HAS_WEIGHT, ACC)
     s = _sample_scale(xb, C, H, W, BH, BW, ACC)
-    e_rect = tl.zeros((), dtype=ACC)
-    sumsq = tl.zeros((), dtype=ACC)
-    for c in range(C):
-        x = _load_sample_plane(xb, c, H, W, BH, BW, ACC) * s
-        re, im = _plane_spectrum(x, ch, sh, cw, sw, PREC)
-        e_rect += tl.sum(tl.sum(coef * (re * re + im * im), axis=1), axis=0)
-        sumsq += tl.sum(tl.sum(x * x, axis=1), axis=0)
-    e_all = (H * W) * sumsq
+    # no synthesis: syn and the transposed factors are placeholders, never touched
+    e_rect, e_all = _sample_band_energy(xb, C, s, coef, ch, sh, cw, sw, value_ptr, ch, sh, cw, sw, H, W, BH, BW, ACC,
+                                        PREC, False)
     value = _sample_value(e_rect, e_all, BAND_CMP, COMPLEMENT)
     tl.store(value_ptr + b, value)
     tl.store(stats_ptr + 2 * b, s)
@@ -195,16 +210,8 @@ def _ratio_and_grad_dft_kernel(
     rw = tl.arange(0, BW)[None, :]
     inside = (rh < H) & (rw < W)
     s = _sample_scale(xb, C, H, W, BH, BW, ACC)
-    e_rect = tl.zeros((), dtype=ACC)
-    sumsq = tl.zeros((), dtype=ACC)
-    for c in range(C):
-        x = _load_sample_plane(xb, c, H, W, BH, BW, ACC) * s
-        re, im = _plane_spectrum(x, ch, sh, cw, sw, PREC)
-        e_rect += tl.sum(tl.sum(coef * (re * re + im * im), axis=1), axis=0)
-        sumsq += tl.sum(tl.sum(x * x, axis=1), axis=0)
-        synth = _plane_synthesis(re * coef, im * coef, cht, sht, cwt, swt, PREC)
-        tl.store(sb + c * (H * W) + rh * W + rw, synth.to(syn_ptr.dtype.element_ty), mask=inside)
-    e_all = (H * W) * sumsq
+    e_rect, e_all = _sample_band_energy(xb, C, s, coef, ch, sh, cw, sw, sb, cht, sht, cwt, swt, H, W, BH, BW, ACC,
+                                        PREC, True)
     value = _sample_value(e_rect, e_all, BAND_CMP, COMPLEMENT)
     tl.store(value_ptr + b, value)
     k, rho, rest = _grad_coefs(tl.full((), scale, ACC), value, e_all, COMPLEMENT)
