@@ -694,8 +694,86 @@ JAFR_HD void fused_row_dft(const T* y, const FusedLayout& L, const FusedTables<T
   *im = b;
 }
 
-// Forward: value_b and stats_b. Item: sample b. Synchronisation: one block reduction for max |x|, two
-// barriers per plane, two final reductions.
+// Z[v][h] = sum_i G[i][v] conj(rw[i][h]) from a band gradient G (2, U, V), written over Y's storage (re at
+// y[v YS + h], im at y[(V + v) YS + h]): the first half of the synthesis.
+template <typename T, class Block>
+JAFR_HD void fused_row_synthesis(const T* g, const FusedLayout& L, const FusedTables<T>& tab, T* y, const Block& blk) {
+  const int H = L.H, U = L.U, V = L.V, YS = L.ys_stride();
+  blk.for_2d(V, H, [&](int v, int h) {
+    T zr = 0, zi = 0;
+    for (int i = 0; i < U; ++i) {
+      const T gr = g[i * V + v], gi = g[U * V + i * V + v];
+      const T rr = tab.rw[i * H + h], ri = tab.rw[(U + i) * H + h];
+      zr += gr * rr + gi * ri;
+      zi += gi * rr - gr * ri;
+    }
+    y[v * YS + h] = zr;
+    y[(V + v) * YS + h] = zi;
+  });
+}
+
+// Re sum_v Z[v][h] conj(cw[v][w]): the synthesis at (h, w), from fused_row_synthesis's Z.
+template <typename T>
+JAFR_HD T fused_column_synthesis(const T* y, const FusedLayout& L, const FusedTables<T>& tab, int h, int w) {
+  const int W = L.W, V = L.V, YS = L.ys_stride();
+  T acc = 0;
+  for (int v = 0; v < V; ++v)
+    acc += y[v * YS + h] * tab.cw[v * W + w] + y[(V + v) * YS + h] * tab.cw[(V + v) * W + w];
+  return acc;
+}
+
+// A sample's scale exponent and band sums (x' = x 2^e; E_low over the band rectangle; E_all = N sum x'^2,
+// NaN when the sample holds NaN).
+struct FusedSums {
+  int e;
+  double e_low, e_all;
+};
+
+// The per-sample pass of FusedRatioForward and FusedRatioValueGrad: the scale 2^e from the sample's max |x|,
+// then plane by plane x' into xs, its column DFT into Y and the band rectangle's energy. With `g` non-null,
+// each bin's unit band gradient G = 2 h_v m X' is also written to g (2, U, V) and `after_bins(c)` runs once the
+// plane's bins are done; xs, Y and g keep that plane until the next one. Returns false (block-uniformly, having
+// done nothing else) when the sample holds +-Inf. Synchronisation: one reduction for max |x|, two barriers per
+// plane (three with g), two final reductions whose results every thread receives.
+template <typename in_t, typename T, class Block, class AfterBins>
+JAFR_HD bool fused_band_sums(const in_t* xb, int C, const Band<T>& band, const FusedTables<T>& tab, const Block& blk,
+                             T* work, T* g, AfterBins&& after_bins, FusedSums* sums) {
+  const FusedLayout L{band.H, band.W, band.U(), band.V};
+  const int64_t HW = static_cast<int64_t>(L.H) * L.W;
+  const double m = sample_max_abs(xb, C * HW, blk);
+  if (!is_finite(m)) return false;  // block-uniform: m is the reduced value; NaN shows in E_all instead
+  const int e = pow2_exponent(m);
+  const Pow2<T> s(e);
+  T* xs = work;
+  T* y = work + L.plane_elems();
+  double e_low = 0.0, sumsq = 0.0;
+  for (int c = 0; c < C; ++c) {
+    // Without after_bins no barrier is needed before the load: every thread has passed the previous plane's
+    // second barrier, so the column stage that read xs is done; the bin stage reads only Y, which the column
+    // stage below writes after the next barrier. With it, after_bins must first be done with xs, Y and g.
+    if (g != nullptr) blk.sync();
+    sumsq += fused_load_plane(xb + c * HW, s, L, xs, blk);
+    blk.sync();
+    fused_column_dft(xs, L, tab, y, blk);
+    blk.sync();
+    blk.for_2d(L.U, L.V, [&](int i, int v) {
+      const T w = band.energy_weight(i, v);
+      T re = 0, im = 0;
+      if (w != T(0)) {
+        fused_row_dft(y, L, tab, i, v, &re, &im);
+        e_low += static_cast<double>(w * bin_energy(re, im, 2));
+      }
+      if (g != nullptr) bin_energy_grad(re, im, w, 2, g + i * L.V + v, g + L.U * L.V + i * L.V + v);
+    });
+    if (g != nullptr) after_bins(c);
+  }
+  sums->e = e;
+  sums->e_low = blk.sum(e_low);
+  sums->e_all = static_cast<double>(HW) * blk.sum(sumsq);
+  return true;
+}
+
+// Forward: value_b and stats_b. Item: sample b. Synchronisation: that of fused_band_sums without g.
 template <typename in_t, typename T>
 struct FusedRatioForward {
   const in_t* x;
@@ -710,47 +788,20 @@ struct FusedRatioForward {
 
   template <class Block>
   JAFR_HD void operator()(int64_t b, const Block& blk, T* work) const {
-    const FusedLayout L{band.H, band.W, band.U(), band.V};
-    const int64_t HW = static_cast<int64_t>(L.H) * L.W;
-    const in_t* xb = x + b * C * HW;
-    const double m = sample_max_abs(xb, C * HW, blk);
-    if (!is_finite(m)) {  // +-Inf in the sample (block-uniform: m is the reduced value); NaN shows in E_all
-      if (blk.thread() == 0) {
-        value[b] = quiet_nan<T>();
-        stats[2 * b] = T(0);
-        stats[2 * b + 1] = quiet_nan<T>();
-      }
+    const int64_t HW = static_cast<int64_t>(band.H) * band.W;
+    FusedSums sums;
+    const bool finite = fused_band_sums(x + b * C * HW, C, band, tab, blk, work, static_cast<T*>(nullptr), [](int) {},
+                                        &sums);
+    if (blk.thread() != 0) return;
+    if (!finite) {  // +-Inf in the sample
+      value[b] = quiet_nan<T>();
+      stats[2 * b] = T(0);
+      stats[2 * b + 1] = quiet_nan<T>();
       return;
     }
-    const int e = pow2_exponent(m);
-    const Pow2<T> s(e);
-    T* xs = work;
-    T* y = work + L.plane_elems();
-    double e_low = 0.0, sumsq = 0.0;
-    for (int c = 0; c < C; ++c) {
-      // No barrier is needed before the load: every thread has passed the previous plane's second barrier,
-      // so the column stage that read xs is done; the row stage reads only y, which the column stage below
-      // writes after the next barrier.
-      sumsq += fused_load_plane(xb + c * HW, s, L, xs, blk);
-      blk.sync();
-      fused_column_dft(xs, L, tab, y, blk);
-      blk.sync();
-      blk.for_2d(L.U, L.V, [&](int i, int v) {
-        const T w = band.energy_weight(i, v);
-        if (w == T(0)) return;
-        T re, im;
-        fused_row_dft(y, L, tab, i, v, &re, &im);
-        e_low += static_cast<double>(w * bin_energy(re, im, 2));
-      });
-    }
-    e_low = blk.sum(e_low);
-    sumsq = blk.sum(sumsq);
-    if (blk.thread() == 0) {
-      const double e_all = static_cast<double>(HW) * sumsq;  // NaN when the sample holds NaN
-      value[b] = ratio_value<T>(e_low, e_all, complement);
-      stats[2 * b] = static_cast<T>(e);
-      stats[2 * b + 1] = static_cast<T>(e_all);
-    }
+    value[b] = ratio_value<T>(sums.e_low, sums.e_all, complement);
+    stats[2 * b] = static_cast<T>(sums.e);
+    stats[2 * b + 1] = static_cast<T>(sums.e_all);
   }
 };
 
@@ -773,7 +824,7 @@ struct FusedRatioBackward {
   template <class Block>
   JAFR_HD void operator()(int64_t b, const Block& blk, T* work) const {
     const FusedLayout L{band.H, band.W, band.U(), band.V};
-    const int H = L.H, W = L.W, U = L.U, V = L.V, XS = L.xs_stride(), YS = L.ys_stride();
+    const int H = L.H, W = L.W, U = L.U, V = L.V, XS = L.xs_stride();
     const int64_t HW = static_cast<int64_t>(H) * W;
     const in_t* xb = x + b * C * HW;
     in_t* db = dx + b * C * HW;
@@ -801,25 +852,12 @@ struct FusedRatioBackward {
         bin_energy_grad(re, im, coef.k * w, 2, g + i * V + v, g + U * V + i * V + v);
       });
       blk.sync();
-      // Z[v][h] = sum_i G[i][v] conj(rw[i][h]), over Y's storage (Y is no longer read).
-      blk.for_2d(V, H, [&](int v, int h) {
-        T zr = 0, zi = 0;
-        for (int i = 0; i < U; ++i) {
-          const T gr = g[i * V + v], gi = g[U * V + i * V + v];
-          const T rr = tab.rw[i * H + h], ri = tab.rw[(U + i) * H + h];
-          zr += gr * rr + gi * ri;
-          zi += gi * rr - gr * ri;
-        }
-        y[v * YS + h] = zr;
-        y[(V + v) * YS + h] = zi;
-      });
+      fused_row_synthesis(g, L, tab, y, blk);  // Z over Y's storage (Y is no longer read)
       blk.sync();
       // dx[h][w] = 2^e (Re sum_v Z[v][h] conj(cw[v][w]) - c2 x'[h][w]).
       blk.for_2d(H, W, [&](int h, int w) {
-        T acc = 0;
-        for (int v = 0; v < V; ++v)
-          acc += y[v * YS + h] * tab.cw[v * W + w] + y[(V + v) * YS + h] * tab.cw[(V + v) * W + w];
-        db[c * HW + h * W + w] = static_cast<in_t>(s.apply(acc - coef.c2 * xs[h * XS + w]));
+        const T syn = fused_column_synthesis(y, L, tab, h, w);
+        db[c * HW + h * W + w] = static_cast<in_t>(s.apply(syn - coef.c2 * xs[h * XS + w]));
       });
     }
   }
@@ -830,7 +868,7 @@ struct FusedRatioBackward {
 // Each plane's band spectrum serves both: its energy feeds value_b, and its band gradient (unit coefficient,
 // G = 2 h_v m X) is synthesised at once into `syn` (T, x's layout; dx itself when in_t is T), because the
 // sample's coefficients k_b, c2_b are known only after its last plane. A final pass over the sample forms
-// dx = 2^e (k syn - c2 x'). Six barriers per plane, two reductions, one pass over syn.
+// dx = 2^e (k syn - c2 x'). Five barriers per plane (fused_band_sums' three, two in the synthesis), one pass over syn.
 template <typename in_t, typename T>
 struct FusedRatioValueGrad {
   const in_t* x;
@@ -848,65 +886,30 @@ struct FusedRatioValueGrad {
   template <class Block>
   JAFR_HD void operator()(int64_t b, const Block& blk, T* work) const {
     const FusedLayout L{band.H, band.W, band.U(), band.V};
-    const int H = L.H, W = L.W, U = L.U, V = L.V, YS = L.ys_stride();
-    const int64_t HW = static_cast<int64_t>(H) * W;
+    const int64_t HW = static_cast<int64_t>(L.H) * L.W;
     const in_t* xb = x + b * C * HW;
     T* sb = syn + b * C * HW;
     in_t* db = dx + b * C * HW;
-    const double m = sample_max_abs(xb, C * HW, blk);
-    if (!is_finite(m)) {  // +-Inf in the sample (block-uniform): value and gradient NaN
+    T* y = work + L.plane_elems();  // Y, then Z
+    T* g = y + L.y_elems();
+    FusedSums sums;
+    const bool finite = fused_band_sums(xb, C, band, tab, blk, work, g, [&](int c) {
+      blk.sync();
+      fused_row_synthesis(g, L, tab, y, blk);
+      blk.sync();
+      blk.for_2d(L.H, L.W, [&](int h, int w) { sb[c * HW + h * L.W + w] = fused_column_synthesis(y, L, tab, h, w); });
+    }, &sums);
+    if (!finite) {  // +-Inf in the sample (block-uniform): value and gradient NaN
       if (blk.thread() == 0) value[b] = quiet_nan<T>();
       for (int64_t k = blk.thread(); k < C * HW; k += blk.threads()) db[k] = static_cast<in_t>(quiet_nan<T>());
       return;
     }
-    const int e = pow2_exponent(m);
-    const Pow2<T> s(e);
-    T* xs = work;
-    T* y = work + L.plane_elems();  // Y, then Z
-    T* g = y + L.y_elems();
-    double e_low = 0.0, sumsq = 0.0;
-    for (int c = 0; c < C; ++c) {
-      blk.sync();  // the previous plane's synthesis has finished reading Z
-      sumsq += fused_load_plane(xb + c * HW, s, L, xs, blk);
-      blk.sync();
-      fused_column_dft(xs, L, tab, y, blk);
-      blk.sync();
-      blk.for_2d(U, V, [&](int i, int v) {
-        const T w = band.energy_weight(i, v);
-        T re = 0, im = 0;
-        if (w != T(0)) {
-          fused_row_dft(y, L, tab, i, v, &re, &im);
-          e_low += static_cast<double>(w * bin_energy(re, im, 2));
-        }
-        bin_energy_grad(re, im, w, 2, g + i * V + v, g + U * V + i * V + v);
-      });
-      blk.sync();
-      blk.for_2d(V, H, [&](int v, int h) {  // Z[v][h] = sum_i G[i][v] conj(rw[i][h]), over Y
-        T zr = 0, zi = 0;
-        for (int i = 0; i < U; ++i) {
-          const T gr = g[i * V + v], gi = g[U * V + i * V + v];
-          const T rr = tab.rw[i * H + h], ri = tab.rw[(U + i) * H + h];
-          zr += gr * rr + gi * ri;
-          zi += gi * rr - gr * ri;
-        }
-        y[v * YS + h] = zr;
-        y[(V + v) * YS + h] = zi;
-      });
-      blk.sync();
-      blk.for_2d(H, W, [&](int h, int w) {  // syn = Re sum_v Z[v][h] conj(cw[v][w])
-        T acc = 0;
-        for (int v = 0; v < V; ++v)
-          acc += y[v * YS + h] * tab.cw[v * W + w] + y[(V + v) * YS + h] * tab.cw[(V + v) * W + w];
-        sb[c * HW + h * W + w] = acc;
-      });
-    }
-    e_low = blk.sum(e_low);  // also the barrier after the last synthesis: syn is complete below
-    sumsq = blk.sum(sumsq);
-    const double e_all = static_cast<double>(HW) * sumsq;  // NaN when the sample holds NaN
-    const T val = ratio_value<T>(e_low, e_all, complement);
+    // The sums' final reductions are also the barrier after the last synthesis: syn is complete below.
+    const T val = ratio_value<T>(sums.e_low, sums.e_all, complement);
     if (blk.thread() == 0) value[b] = val;
     // All-zero sample: k = c2 = 0 (zero gradient); NaN sample: NaN.
-    const RatioGrad<T> coef(scale, val, static_cast<T>(e_all), complement, HW);
+    const RatioGrad<T> coef(scale, val, static_cast<T>(sums.e_all), complement, HW);
+    const Pow2<T> s(sums.e);
     for (int64_t k = blk.thread(); k < C * HW; k += blk.threads())
       db[k] = static_cast<in_t>(s.apply(coef.k * sb[k] - coef.c2 * s.apply(static_cast<T>(xb[k]))));
   }

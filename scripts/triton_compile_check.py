@@ -100,14 +100,15 @@ def cases(sizes):
 
 
 def ratio_cases(sizes):
-    """The fused ratio's DFT kernels (the default path of every penalty call), forward and backward."""
+    """The fused ratio's DFT kernels (the default path of every penalty call): forward, backward, value and gradient."""
     for h, w in sizes:
         if max(h, w) > tr.MAX_RATIO_DFT_SIZE:
             continue
         for x_type, dtype in (("*fp32", torch.float32), ("*bf16", torch.bfloat16), ("*fp64", torch.float64)):
             p = "*fp64" if dtype == torch.float64 else "*fp32"
-            types = dict(x_ptr=x_type, dx_ptr=x_type, w_ptr=p, value_ptr=p, stats_ptr=p, grad_ptr=p, ch_ptr=p, sh_ptr=p,
-                         cw_ptr=p, sw_ptr=p, q_lo="i64", q_hi="i64", grad_stride="i64", C="i32")
+            types = dict(x_ptr=x_type, dx_ptr=x_type, w_ptr=p, value_ptr=p, stats_ptr=p, grad_ptr=p, syn_ptr=p,
+                         ch_ptr=p, sh_ptr=p, cw_ptr=p, sw_ptr=p, q_lo="i64", q_hi="i64", grad_stride="i64", C="i32",
+                         scale=p[1:])
             masks = [("low 0.25", False, RadialBand.low(0.25)), ("high 0.25", False, RadialBand.high(0.25)),
                      ("weight", True, RadialBand.all())]
             for _, has_weight, band in masks:
@@ -115,7 +116,7 @@ def ratio_cases(sizes):
                 consts = dict(meta["consts"])
                 warps = consts.pop("num_warps")
                 consts.pop("C")  # a run-time argument of the DFT kernels
-                for kernel in (tr._ratio_dft_kernel, tr._ratio_bwd_dft_kernel):
+                for kernel in (tr._ratio_dft_kernel, tr._ratio_bwd_dft_kernel, tr._ratio_and_grad_dft_kernel):
                     yield kernel, types, dict(consts, COMPLEMENT=True), warps
     yield from large_cases(sizes)
     for acc, p in ((tl.float32, "*fp32"), (tl.float64, "*fp64")):  # the FFT path's two kernels

@@ -192,19 +192,25 @@ def test_scale_invariance(path, scale):
 
 
 def test_subnormal_sample(path):
-    """A sample whose values are fp32 subnormals is lifted by an exact power of two inside the op."""
-    x = random_input((2, 1, 8, 8), seed=4)
+    """Samples whose values are fp32 subnormals are lifted by an exact power of two inside the op: 1e-39 * randn,
+    and three multiples of 2^-149 among zeros, next to a normal sample. Their gradients (up to 1e43 per unit of
+    grad) are kept within fp32 by small grads; ratio_and_grad is checked too."""
+    x = random_input((3, 1, 8, 8), seed=4)
     x[0] = x[0] * 1e-39  # below the smallest normal fp32 (1.2e-38)
-    assert bool((x[0].abs() < torch.finfo(torch.float32).tiny).all())
-    grad = cotangent(2, 3)
+    x[2] = 0.0
+    x[2, 0, 0, 0], x[2, 0, 1, 2], x[2, 0, 5, 3] = 2.0**-149, 3 * 2.0**-149, -5 * 2.0**-149
+    assert bool((x[0::2].abs() < torch.finfo(torch.float32).tiny).all())
+    grad = cotangent(3, 3) * torch.tensor([1.0, 1.0, 1e-9])
     q = RadialBand.low(0.4).q_limits(8, 8)
     value, stats = cpp.ratio(x, None, *q, False)
     dx = cpp.ratio_backward(grad, x, None, *q, False, value, stats)
     ref, ref_dx = reference_value_and_grad(x, RadialBand.low(0.4), False, grad)
-    assert rel_err(value, ref) <= F32
-    assert bool(torch.isfinite(dx).all())
-    for i in range(2):  # per sample: their gradients differ by ~1e38
-        assert rel_err(dx[i], ref_dx[i]) <= F32, i
+    value_vg, dx_vg = cpp.ratio_and_grad(x, None, *q, False, 1e-9)
+    _, ref_dx_vg = reference_value_and_grad(x, RadialBand.low(0.4), False, torch.full((3,), 1e-9))
+    assert rel_err(value, ref) <= F32 and rel_err(value_vg, ref) <= F32
+    assert bool(torch.isfinite(dx).all() and torch.isfinite(dx_vg).all())
+    for i in range(3):  # per sample: their gradients differ by up to 1e38
+        assert rel_err(dx[i], ref_dx[i]) <= F32 and rel_err(dx_vg[i], ref_dx_vg[i]) <= F32, i
 
 
 @pytest.mark.parametrize("complement", [False, True])

@@ -153,6 +153,47 @@ def test_nonfinite_sample_is_nan_and_alone(path, bad):
     assert rel_err(value[:2], value_ref[:2]) <= TOL
 
 
+def _subnormal_samples(h, w, seed):
+    """Three fp32 samples of two planes whose values are all subnormal (|x| < 1.2e-38): 1e-42 * randn (about 10
+    significant bits), 1e-39 * randn, and three multiples of 2^-149 (the smallest subnormal) among zeros."""
+    x = _planes(3, 2, h, w, dtype=torch.float64, seed=seed)
+    x[0] *= 1e-42
+    x[1] *= 1e-39
+    x[2] = 0.0
+    x[2, 0, 0, 0], x[2, 0, 1, 2], x[2, 1, 3, 1] = 2.0**-149, 3 * 2.0**-149, -5 * 2.0**-149
+    x = x.float()
+    assert (x.abs() < torch.finfo(torch.float32).tiny).all()
+    return x
+
+
+@pytest.mark.parametrize("path,h,w", [("dft", 16, 16), ("dft", 17, 12), ("fft", 4, 4)])
+@pytest.mark.parametrize("mask", ["low", "high"])
+@pytest.mark.parametrize("complement", [False, True])
+def test_subnormal_samples_match_reference(path, h, w, mask, complement):
+    """Subnormal fp32 samples: value and gradient (ratio_backward and ratio_and_grad) match the float64 reference
+    on the same values, sample by sample.
+
+    Their scale is s_b = 2^127, so 2 s_b overflows fp32: it must multiply the gradient last. The gradients
+    (~1 / sum|x_b|: per unit of grad 3e39, 4e36 and 1e43 at 16 x 16) are kept within fp32 by small grads. The
+    DFT path transforms s_b x_b, exact, so the fp32 tolerance holds. The FFT path transforms x itself, rounding
+    to the subnormal grid; at 4 x 4 its twiddles are +-1 and +-i, so that transform is exact too.
+    """
+    x = _subnormal_samples(h, w, seed=h * w)
+    ref_mask, weight, q_lo, q_hi = _mask(mask, h, w)
+    grad = torch.tensor([1e-4, -1.0, 1e-9], device=DEVICE)
+    value, dx = _kernels(x, weight, q_lo, q_hi, complement, grad, path=path)
+    value_ref, dx_ref = _reference(x, ref_mask, complement, grad)
+    scale = 1e-9
+    value_vg, dx_vg = tr.ratio_and_grad(x, weight, q_lo, q_hi, complement, scale, path=path)
+    _, dx_vg_ref = _reference(x, ref_mask, complement, torch.full((3,), scale, device=DEVICE))
+    assert max(dx_ref.abs().max(), dx_vg_ref.abs().max()) < torch.finfo(torch.float32).max  # representable
+    for i in range(3):  # per sample: their gradients differ by up to 1e8
+        assert torch.isfinite(dx[i]).all() and torch.isfinite(dx_vg[i]).all(), i
+        assert rel_err(value[i], value_ref[i]) <= TOL and rel_err(value_vg[i], value_ref[i]) <= TOL, i
+        assert rel_err(dx[i], dx_ref[i]) <= TOL, i
+        assert rel_err(dx_vg[i], dx_vg_ref[i]) <= TOL, i
+
+
 def test_half_precision_input():
     x = _planes(2, 3, 28, 28, seed=17).to(torch.float16)
     band = RadialBand.low(0.25)

@@ -1,5 +1,6 @@
-"""Triton helpers shared by the spectral kernels (:mod:`.triton_spectral`) and the fused ratio (:mod:`.triton_ratio`):
-per-bin maths (Hermitian weight, radial band), the matrix DFT of one zero-padded plane and its adjoint, and the
+"""Triton helpers shared by the spectral kernels (:mod:`.triton_spectral`) and the fused ratio (:mod:`.triton_ratio`,
+:mod:`.triton_large`): per-bin maths (Hermitian weight, radial band), the matrix DFT of one zero-padded plane and its
+adjoint, the ratio's per-sample pieces (power-of-two scale, band rectangle, value, backward coefficients), and the
 host-side helpers (block sizes, DFT factor tables, dtype and dot-precision choices, argument checks).
 """
 from __future__ import annotations
@@ -62,6 +63,85 @@ def _plane_synthesis(gr, gi, ch, sh, cwt, swt, PREC: tl.constexpr):
     return tl.dot(zr, cwt, input_precision=PREC) - tl.dot(zi, swt, input_precision=PREC)
 
 
+# --------------------------------------------------------------------------- fused ratio (small and large planes)
+@triton.jit
+def _pow2_scale(m, ACC: tl.constexpr):
+    """Exact power of two s with s * m in [1, 4) for finite m > 0 (2^127, or 2^1023 in fp64, for subnormal m);
+    1 for m = 0; 0 for m = Inf/NaN (so the sample's sums become NaN and it is reported non-finite)."""
+    if ACC == tl.float64:
+        e = (m.to(tl.int64, bitcast=True) >> 52) & 0x7FF
+        kb = tl.maximum(2046 - e, 1)
+        s = tl.where(e == 0x7FF, 0.0, (kb << 52).to(tl.float64, bitcast=True))
+    else:
+        e = (m.to(tl.int32, bitcast=True) >> 23) & 0xFF
+        kb = tl.maximum(254 - e, 1)
+        s = tl.where(e == 0xFF, 0.0, (kb << 23).to(tl.float32, bitcast=True))
+    return tl.where(m == 0, 1.0, s)
+
+
+@triton.jit
+def _rect_rows(BU: tl.constexpr, UR: tl.constexpr, NU: tl.constexpr, H: tl.constexpr):
+    """Row frequencies u_i (BU,) of the transformed rows: 0..UR, then H-1 down to H-UR; valid for i < NU."""
+    i = tl.arange(0, BU)
+    return tl.where(i <= UR, i, H - (i - UR)), i < NU
+
+
+@triton.jit
+def _rect_coef(w_ptr, q_lo, q_hi, H: tl.constexpr, W: tl.constexpr, BU: tl.constexpr, BV: tl.constexpr,
+               UR: tl.constexpr, NU: tl.constexpr, VB: tl.constexpr, HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr):
+    """(BU, BV) h_v * m(u_i, v) over the transformed rectangle, zero on the padding."""
+    u, row_ok = _rect_rows(BU, UR, NU, H)
+    u = u[:, None]
+    v = tl.arange(0, BV)[None, :]
+    valid = row_ok[:, None] & (v < VB)
+    if HAS_WEIGHT:
+        m = tl.load(w_ptr + u * (W // 2 + 1) + v, mask=valid, other=0.0).to(ACC)
+    else:
+        m = tl.where(valid & _band(u, v, q_lo, q_hi, H, W), 1.0, 0.0).to(ACC)
+    return tl.where(valid, m * _hermitian_weight(v, W).to(ACC), 0.0)
+
+
+@triton.jit
+def _sample_value(e_part, e_all, BAND_CMP: tl.constexpr, COMPLEMENT: tl.constexpr):
+    """value of a sample whose band energy is ``e_part`` (or ``e_all - e_part`` with BAND_CMP): rho or 1 - rho,
+    each formed without cancellation; 0 for an all-zero sample, NaN if the sample is not finite."""
+    zero = e_all == 0
+    frac = tl.where(zero, 0.0, e_part / tl.where(zero, 1.0, e_all))
+    if BAND_CMP != COMPLEMENT:
+        value = tl.where(zero, 0.0, 1.0 - frac)
+    else:
+        value = frac
+    finite = e_all < float("inf")  # False for +Inf and NaN
+    return tl.where(finite, value, float("nan"))
+
+
+@triton.jit
+def _grad_coefs(g, value, e_all, COMPLEMENT: tl.constexpr):
+    """(k_b, rho_b, 1 - rho_b) of a sample's gradient for upstream g: k_b = +-2 g / E_all(s_b x_b), 0 if E_all = 0.
+    The caller multiplies the gradient by s_b last: for a subnormal sample s_b = 2^127 (2^1023 in fp64), and
+    2 s_b overflows."""
+    if COMPLEMENT:
+        rho = 1.0 - value
+        rest = value
+        k = -2.0 * g
+    else:
+        rho = value
+        rest = 1.0 - value
+        k = 2.0 * g
+    k = tl.where(e_all == 0, 0.0, k / tl.where(e_all == 0, 1.0, e_all))  # zero gradient for an all-zero sample
+    return k, rho, rest
+
+
+@triton.jit
+def _ratio_grad_scalars(grad_ptr, grad_stride, value_ptr, stats_ptr, b, COMPLEMENT: tl.constexpr, ACC: tl.constexpr):
+    """(s_b, k_b, rho_b, 1 - rho_b) of sample b for the backward, from grad, the forward's value and stats
+    (see :func:`_grad_coefs`)."""
+    s = tl.load(stats_ptr + 2 * b)
+    e_all = tl.load(stats_ptr + 2 * b + 1)
+    k, rho, rest = _grad_coefs(tl.load(grad_ptr + b * grad_stride).to(ACC), tl.load(value_ptr + b), e_all, COMPLEMENT)
+    return s, k, rho, rest
+
+
 # --------------------------------------------------------------------------- host helpers
 def _interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -103,6 +183,20 @@ def _dft_matrices(n: int, cols: int, rows_block: int, cols_block: int, device: t
     sin = torch.zeros(rows_block, cols_block, dtype=torch.float64)
     cos[:n, :cols] = torch.cos(angle)
     sin[:n, :cols] = torch.sin(angle)
+    return cos.to(device=device, dtype=dtype).contiguous(), sin.to(device=device, dtype=dtype).contiguous()
+
+
+@functools.lru_cache(maxsize=128)
+def _row_factors(h: int, ur: int, nu: int, bu: int, bh: int, device: torch.device, dtype: torch.dtype):
+    """cos/sin(2 pi u_i t / H) (BU, BH) for the transformed rows u_i (see ``_rect_rows``), zero-padded."""
+    i = torch.arange(nu, dtype=torch.int64)
+    u = torch.where(i <= ur, i, h - (i - ur))
+    t = torch.arange(h, dtype=torch.int64)
+    angle = (2.0 * math.pi / h) * ((u[:, None] * t[None, :]) % h).to(torch.float64)
+    cos = torch.zeros(bu, bh, dtype=torch.float64)
+    sin = torch.zeros(bu, bh, dtype=torch.float64)
+    cos[:nu, :h] = torch.cos(angle)
+    sin[:nu, :h] = torch.sin(angle)
     return cos.to(device=device, dtype=dtype).contiguous(), sin.to(device=device, dtype=dtype).contiguous()
 
 

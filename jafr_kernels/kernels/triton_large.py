@@ -48,15 +48,19 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from jafr_kernels.kernels.triton_ratio import (
+from jafr_kernels.kernels.triton_common import (
+    _block,
+    _dft_matrices,
+    _planes,
     _pow2_scale,
+    _ratio_grad_scalars,
     _rect_coef,
     _row_factors,
     _sample_value,
-    band_rect,
-    ratio_path,
+    _tl_acc,
+    dot_precision,
 )
-from jafr_kernels.kernels.triton_common import _block, _dft_matrices, _planes, _tl_acc, dot_precision
+from jafr_kernels.kernels.triton_ratio import band_rect, ratio_path
 
 __all__ = ["gemm_fits", "plan_for", "ratio", "ratio_backward", "MAX_BU", "MAX_BV"]
 
@@ -114,24 +118,6 @@ def _row_factor_tile(ch_ptr, sh_ptr, r0, H: tl.constexpr, BH: tl.constexpr, BU: 
         offs = ru[:, None] * BH + rr[None, :]
         ok = rr[None, :] < H
     return tl.load(ch_ptr + offs, mask=ok, other=0.0), tl.load(sh_ptr + offs, mask=ok, other=0.0)
-
-
-@triton.jit
-def _grad_scalars(grad_ptr, grad_stride, value_ptr, stats_ptr, b, COMPLEMENT: tl.constexpr, ACC: tl.constexpr):
-    """(s_b, k_b, rho_b, 1 - rho_b) for the backward with k_b = +-2 grad_b / E_all(s_b x_b) (0 if E_all = 0):
-    s_b is applied last, to the gradient itself, since 2 s_b overflows for a subnormal sample (s_b = 2^127)."""
-    g = tl.load(grad_ptr + b * grad_stride).to(ACC)
-    s = tl.load(stats_ptr + 2 * b)
-    e_all = tl.load(stats_ptr + 2 * b + 1)
-    value = tl.load(value_ptr + b)
-    if COMPLEMENT:
-        rho = 1.0 - value
-        k = -2.0 * g
-    else:
-        rho = value
-        k = 2.0 * g
-    k = tl.where(e_all == 0, 0.0, k / tl.where(e_all == 0, 1.0, e_all))
-    return s, k, rho, 1.0 - rho
 
 
 @triton.jit
@@ -258,7 +244,7 @@ def _large_synthesis_kernel(
     """
     p = tl.program_id(0).to(tl.int64)
     r0 = tl.program_id(1) * BR
-    s, k, rho, rest = _grad_scalars(grad_ptr, grad_stride, value_ptr, stats_ptr, p // C, COMPLEMENT, ACC)
+    s, k, rho, rest = _ratio_grad_scalars(grad_ptr, grad_stride, value_ptr, stats_ptr, p // C, COMPLEMENT, ACC)
     if BAND_CMP:
         x_coef = rest * (H * W)
     else:

@@ -45,10 +45,16 @@ from jafr_kernels.kernels.triton_common import (
     _block,
     _dft_matrices,
     _edge_column,
+    _grad_coefs,
     _hermitian_weight,
     _plane_spectrum,
     _plane_synthesis,
     _planes,
+    _pow2_scale,
+    _ratio_grad_scalars,
+    _rect_coef,
+    _row_factors,
+    _sample_value,
     _tl_acc,
     _weight,
     dot_precision,
@@ -61,43 +67,6 @@ MAX_RATIO_DFT_SIZE = 64
 
 
 # --------------------------------------------------------------------------- device helpers
-@triton.jit
-def _pow2_scale(m, ACC: tl.constexpr):
-    """Exact power of two s with s * m in [1, 4) for finite m > 0 (2^127, or 2^1022 in fp64, for subnormal m);
-    1 for m = 0; 0 for m = Inf/NaN (so the sample's sums become NaN and it is reported non-finite)."""
-    if ACC == tl.float64:
-        e = (m.to(tl.int64, bitcast=True) >> 52) & 0x7FF
-        kb = tl.maximum(2046 - e, 1)
-        s = tl.where(e == 0x7FF, 0.0, (kb << 52).to(tl.float64, bitcast=True))
-    else:
-        e = (m.to(tl.int32, bitcast=True) >> 23) & 0xFF
-        kb = tl.maximum(254 - e, 1)
-        s = tl.where(e == 0xFF, 0.0, (kb << 23).to(tl.float32, bitcast=True))
-    return tl.where(m == 0, 1.0, s)
-
-
-@triton.jit
-def _rect_rows(BU: tl.constexpr, UR: tl.constexpr, NU: tl.constexpr, H: tl.constexpr):
-    """Row frequencies u_i (BU,) of the transformed rows: 0..UR, then H-1 down to H-UR; valid for i < NU."""
-    i = tl.arange(0, BU)
-    return tl.where(i <= UR, i, H - (i - UR)), i < NU
-
-
-@triton.jit
-def _rect_coef(w_ptr, q_lo, q_hi, H: tl.constexpr, W: tl.constexpr, BU: tl.constexpr, BV: tl.constexpr,
-               UR: tl.constexpr, NU: tl.constexpr, VB: tl.constexpr, HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr):
-    """(BU, BV) h_v * m(u_i, v) over the transformed rectangle, zero on the padding."""
-    u, row_ok = _rect_rows(BU, UR, NU, H)
-    u = u[:, None]
-    v = tl.arange(0, BV)[None, :]
-    valid = row_ok[:, None] & (v < VB)
-    if HAS_WEIGHT:
-        m = tl.load(w_ptr + u * (W // 2 + 1) + v, mask=valid, other=0.0).to(ACC)
-    else:
-        m = tl.where(valid & _band(u, v, q_lo, q_hi, H, W), 1.0, 0.0).to(ACC)
-    return tl.where(valid, m * _hermitian_weight(v, W).to(ACC), 0.0)
-
-
 @triton.jit
 def _load_rect_matrices(ch_ptr, sh_ptr, cw_ptr, sw_ptr, BU: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
                         BV: tl.constexpr, TRANSPOSED: tl.constexpr):
@@ -134,36 +103,23 @@ def _sample_scale(xb, C, H: tl.constexpr, W: tl.constexpr, BH: tl.constexpr, BW:
 
 
 @triton.jit
-def _sample_value(e_part, e_all, BAND_CMP: tl.constexpr, COMPLEMENT: tl.constexpr):
-    """value of a sample whose band energy is ``e_part`` (or ``e_all - e_part`` with BAND_CMP): rho or 1 - rho,
-    each formed without cancellation; 0 for an all-zero sample, NaN if the sample is not finite."""
-    zero = e_all == 0
-    frac = tl.where(zero, 0.0, e_part / tl.where(zero, 1.0, e_all))
-    if BAND_CMP != COMPLEMENT:
-        value = tl.where(zero, 0.0, 1.0 - frac)
-    else:
-        value = frac
-    finite = e_all < float("inf")  # False for +Inf and NaN
-    return tl.where(finite, value, float("nan"))
-
-
-@triton.jit
-def _ratio_grad_scalars(grad_ptr, grad_stride, value_ptr, stats_ptr, b, COMPLEMENT: tl.constexpr, ACC: tl.constexpr):
-    """(s_b, k_b, rho_b, 1 - rho_b) of a sample for the backward: k_b = +-2 s_b grad_b / E_all(s_b x_b), 0 if E_all = 0."""
-    g = tl.load(grad_ptr + b * grad_stride).to(ACC)
-    s = tl.load(stats_ptr + 2 * b)
-    e_all = tl.load(stats_ptr + 2 * b + 1)
-    value = tl.load(value_ptr + b)
-    if COMPLEMENT:
-        rho = 1.0 - value
-        rest = value
-        k = -2.0 * s * g
-    else:
-        rho = value
-        rest = 1.0 - value
-        k = 2.0 * s * g
-    k = tl.where(e_all == 0, 0.0, k / tl.where(e_all == 0, 1.0, e_all))
-    return s, k, rho, rest
+def _sample_band_energy(xb, C, s, coef, ch, sh, cw, sw, syn, cht, sht, cwt, swt, H: tl.constexpr, W: tl.constexpr,
+                        BH: tl.constexpr, BW: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, SYNTH: tl.constexpr):
+    """(E_rect, E_all) of x' = s x_b: sum_c sum coef |X'_c|^2 over the rectangle and N sum x'^2, each plane transformed
+    once. With SYNTH, also each plane's synthesis S(coef X'_c) into ``syn`` (x's layout), while its spectrum is live."""
+    e_rect = tl.zeros((), dtype=ACC)
+    sumsq = tl.zeros((), dtype=ACC)
+    for c in range(C):
+        x = _load_sample_plane(xb, c, H, W, BH, BW, ACC) * s
+        re, im = _plane_spectrum(x, ch, sh, cw, sw, PREC)
+        e_rect += tl.sum(tl.sum(coef * (re * re + im * im), axis=1), axis=0)
+        sumsq += tl.sum(tl.sum(x * x, axis=1), axis=0)
+        if SYNTH:
+            rh = tl.arange(0, BH)[:, None]
+            rw = tl.arange(0, BW)[None, :]
+            synth = _plane_synthesis(re * coef, im * coef, cht, sht, cwt, swt, PREC)
+            tl.store(syn + c * (H * W) + rh * W + rw, synth.to(syn.dtype.element_ty), mask=(rh < H) & (rw < W))
+    return e_rect, (H * W) * sumsq
 
 
 # --------------------------------------------------------------------------- band-limited DFT path
@@ -184,14 +140,9 @@ def _ratio_dft_kernel(
     ch, sh, cw, sw = _load_rect_matrices(ch_ptr, sh_ptr, cw_ptr, sw_ptr, BU, BH, BW, BV, False)
     coef = _rect_coef(w_ptr, q_lo, q_hi, H, W, BU, BV, UR, NU, VB, HAS_WEIGHT, ACC)
     s = _sample_scale(xb, C, H, W, BH, BW, ACC)
-    e_rect = tl.zeros((), dtype=ACC)
-    sumsq = tl.zeros((), dtype=ACC)
-    for c in range(C):
-        x = _load_sample_plane(xb, c, H, W, BH, BW, ACC) * s
-        re, im = _plane_spectrum(x, ch, sh, cw, sw, PREC)
-        e_rect += tl.sum(tl.sum(coef * (re * re + im * im), axis=1), axis=0)
-        sumsq += tl.sum(tl.sum(x * x, axis=1), axis=0)
-    e_all = (H * W) * sumsq
+    # no synthesis: syn and the transposed factors are placeholders, never touched
+    e_rect, e_all = _sample_band_energy(xb, C, s, coef, ch, sh, cw, sw, value_ptr, ch, sh, cw, sw, H, W, BH, BW, ACC,
+                                        PREC, False)
     value = _sample_value(e_rect, e_all, BAND_CMP, COMPLEMENT)
     tl.store(value_ptr + b, value)
     tl.store(stats_ptr + 2 * b, s)
@@ -205,7 +156,7 @@ def _ratio_bwd_dft_kernel(
     BV: tl.constexpr, UR: tl.constexpr, NU: tl.constexpr, VB: tl.constexpr, HAS_WEIGHT: tl.constexpr,
     BAND_CMP: tl.constexpr, COMPLEMENT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
 ):
-    """dx_b = k_b (S(m X'_b) - N rho_b x'_b) with x' = s_b x_b, k_b = +-2 s_b grad_b / E_all(x'_b), one sample per program.
+    """dx_b = s_b k_b (S(m X'_b) - N rho_b x'_b) with x' = s_b x_b, k_b = +-2 grad_b / E_all(x'_b), one sample per program.
 
     Memory: reads the sample once, grad/value/stats (three numbers) and the DFT factors; writes dx once.
     """
@@ -229,7 +180,7 @@ def _ratio_bwd_dft_kernel(
         x = _load_sample_plane(xb, c, H, W, BH, BW, ACC) * s
         re, im = _plane_spectrum(x, ch, sh, cw, sw, PREC)
         synth = _plane_synthesis(re * coef, im * coef, cht, sht, cwt, swt, PREC)
-        dx = k * (synth + x_coef * x)
+        dx = (k * (synth + x_coef * x)) * s
         tl.store(db + c * (H * W) + rh * W + rw, dx.to(dx_ptr.dtype.element_ty), mask=inside)
 
 
@@ -244,7 +195,7 @@ def _ratio_and_grad_dft_kernel(
 
     Each plane's rectangle spectrum gives its band energy and, at once, its band synthesis S(m X'_c), stored in
     ``syn`` (fp32/fp64; dx itself when x has that dtype): the sample's coefficients k_b and rho_b are known only
-    after its last plane. A second pass writes dx = k_b (S(m X') - N rho_b x') (see ``_ratio_bwd_dft_kernel``).
+    after its last plane. A second pass writes dx = s_b k_b (S(m X') - N rho_b x') (see ``_ratio_bwd_dft_kernel``).
     Memory: reads the sample three times (max, transform, combine; L2-resident after the first), writes and
     re-reads syn once, writes dx once.
     """
@@ -259,27 +210,11 @@ def _ratio_and_grad_dft_kernel(
     rw = tl.arange(0, BW)[None, :]
     inside = (rh < H) & (rw < W)
     s = _sample_scale(xb, C, H, W, BH, BW, ACC)
-    e_rect = tl.zeros((), dtype=ACC)
-    sumsq = tl.zeros((), dtype=ACC)
-    for c in range(C):
-        x = _load_sample_plane(xb, c, H, W, BH, BW, ACC) * s
-        re, im = _plane_spectrum(x, ch, sh, cw, sw, PREC)
-        e_rect += tl.sum(tl.sum(coef * (re * re + im * im), axis=1), axis=0)
-        sumsq += tl.sum(tl.sum(x * x, axis=1), axis=0)
-        synth = _plane_synthesis(re * coef, im * coef, cht, sht, cwt, swt, PREC)
-        tl.store(sb + c * (H * W) + rh * W + rw, synth.to(syn_ptr.dtype.element_ty), mask=inside)
-    e_all = (H * W) * sumsq
+    e_rect, e_all = _sample_band_energy(xb, C, s, coef, ch, sh, cw, sw, sb, cht, sht, cwt, swt, H, W, BH, BW, ACC,
+                                        PREC, True)
     value = _sample_value(e_rect, e_all, BAND_CMP, COMPLEMENT)
     tl.store(value_ptr + b, value)
-    if COMPLEMENT:
-        rho = 1.0 - value
-        rest = value
-        k = -2.0 * s * scale
-    else:
-        rho = value
-        rest = 1.0 - value
-        k = 2.0 * s * scale
-    k = tl.where(e_all == 0, 0.0, k / tl.where(e_all == 0, 1.0, e_all))  # zero gradient for an all-zero sample
+    k, rho, rest = _grad_coefs(tl.full((), scale, ACC), value, e_all, COMPLEMENT)
     if BAND_CMP:  # band = all - rectangle: S(m X) = N x - S(m_rect X)
         band_sign = -1.0
         x_coef = rest * (H * W)
@@ -290,7 +225,7 @@ def _ratio_and_grad_dft_kernel(
     for c in range(C):
         x = _load_sample_plane(xb, c, H, W, BH, BW, ACC) * s
         synth = tl.load(sb + c * (H * W) + rh * W + rw, mask=inside, other=0.0).to(ACC)
-        dx = k * (band_sign * synth + x_coef * x)
+        dx = (k * (band_sign * synth + x_coef * x)) * s  # s last: 2 s overflows for a subnormal sample
         tl.store(db + c * (H * W) + rh * W + rw, dx.to(dx_ptr.dtype.element_ty), mask=inside)
 
 
@@ -359,7 +294,8 @@ def _ratio_grad_spectrum_kernel(
     C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, HAS_WEIGHT: tl.constexpr, COMPLEMENT: tl.constexpr,
     ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """G = k_b (m - rho_b) s_b X for a block of bins of one plane (grid: planes x bin blocks), for irfft2.
+    """G = s_b k_b (m - rho_b) X' with X' = s_b X for a block of bins of one plane (grid: planes x bin blocks),
+    for irfft2; s_b applied last (see ``_grad_coefs``).
 
     Edge columns (v = 0 and, for even W, v = W/2) are symmetrised in u, G_u <- (G_u + conj(G_-u)) / 2, so a
     weight map that is not symmetric still gives the exact gradient through the c2r inverse. Memory: reads
@@ -389,8 +325,8 @@ def _ratio_grad_spectrum_kernel(
         gr = tl.where(edge, 0.5 * (gr + f_m * re_m), gr)
         gi = tl.where(edge, 0.5 * (gi - f_m * im_m), gi)
     obase = out_ptr + plane * (H * V * 2)
-    tl.store(obase + 2 * idx, gr, mask=ok)
-    tl.store(obase + 2 * idx + 1, gi, mask=ok)
+    tl.store(obase + 2 * idx, gr * s, mask=ok)
+    tl.store(obase + 2 * idx + 1, gi * s, mask=ok)
 
 
 # --------------------------------------------------------------------------- host side
@@ -416,20 +352,6 @@ def band_rect(h: int, w: int, q_lo: int, q_hi: int, has_weight: bool) -> tuple[i
     vb = min(w // 2, _isqrt(mask_hi // (h * h))) + 1
     nu = h if 2 * ur + 1 >= h else 2 * ur + 1
     return (h if nu == h else ur), nu, vb, band_cmp, mask_lo, mask_hi
-
-
-@functools.lru_cache(maxsize=128)
-def _row_factors(h: int, ur: int, nu: int, bu: int, bh: int, device: torch.device, dtype: torch.dtype):
-    """cos/sin(2 pi u_i t / H) (BU, BH) for the transformed rows u_i (see ``_rect_rows``), zero-padded."""
-    i = torch.arange(nu, dtype=torch.int64)
-    u = torch.where(i <= ur, i, h - (i - ur))
-    t = torch.arange(h, dtype=torch.int64)
-    angle = (2.0 * math.pi / h) * ((u[:, None] * t[None, :]) % h).to(torch.float64)
-    cos = torch.zeros(bu, bh, dtype=torch.float64)
-    sin = torch.zeros(bu, bh, dtype=torch.float64)
-    cos[:nu, :h] = torch.cos(angle)
-    sin[:nu, :h] = torch.sin(angle)
-    return cos.to(device=device, dtype=dtype).contiguous(), sin.to(device=device, dtype=dtype).contiguous()
 
 
 def ratio_path(h: int, w: int, rect: tuple[int, int], path: str = "auto") -> str:
