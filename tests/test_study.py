@@ -21,7 +21,7 @@ needs_fashion = pytest.mark.skipif(not os.path.exists(FASHION), reason="Fashion-
 # --------------------------------------------------------------------------- configuration
 def test_budget_follows_the_device(monkeypatch):
     cfg = StudyConfig(train=TrainConfig(model=None, device="cpu")).resolved()
-    assert cfg.budget == BUDGETS["cpu"] and cfg.seed_list == (0, 1, 2) and cfg.budget.seeds >= 3
+    assert cfg.budget == BUDGETS["cpu"] and cfg.seed_list == tuple(range(cfg.budget.seeds)) and cfg.budget.seeds >= 3
     assert cfg.train.epochs == BUDGETS["cpu"].epochs and cfg.train.model == "small_cnn"
     assert cfg.budget_origin == "CPU default"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -374,7 +374,8 @@ def test_rerun_with_only_log_every_changed_trains_nothing(tmp_path, counted):
 
     args = ["study", "--name", "t", "--out-root", str(tmp_path), "--device", "cpu", "--methods", "standard", "jafr:low",
             "--seeds", "1", "--max-steps", "2", "--train-subset", "256", "--eval-subset", "16", "--adv-subset", "4",
-            "--heat-map-images", "2", "--corruptions", "contrast", "--pgd-steps", "1", "--no-progress"]
+            "--heat-map-images", "2", "--corruptions", "contrast", "--pgd-steps", "1", "--no-progress",
+            "--workers", "1"]  # in this process, where the calls are counted
     assert main(args) == 0 and len(counted["train"]) == 2
     counted["train"].clear()
     counted["eval"] = 0

@@ -69,8 +69,8 @@ class Budget:
 # `make study` (setup included) within 15 minutes on 2 idle cores; the CUDA default takes about 5 minutes
 # on one H100/H200.
 BUDGETS = {
-    "cpu": Budget(seeds=3, epochs=2, eval_subset=1000, adv_subset=500, heat_map_images=50, pgd_steps=10, pgd_restarts=1),
-    "cuda": Budget(seeds=3, epochs=3, eval_subset=None, adv_subset=1000, heat_map_images=500, pgd_steps=10, pgd_restarts=1),
+    "cpu": Budget(seeds=4, epochs=2, eval_subset=1000, adv_subset=500, heat_map_images=50, pgd_steps=10, pgd_restarts=1),
+    "cuda": Budget(seeds=4, epochs=3, eval_subset=None, adv_subset=1000, heat_map_images=500, pgd_steps=10, pgd_restarts=1),
 }
 # --full: the paper's setting (PreAct ResNet-18, 30 epochs, full test set, PGD-50 x 10, 1000 heat-map images).
 FULL = dict(epochs=30, eval_subset=None, adv_subset=None, heat_map_images=1000, pgd_steps=50, pgd_restarts=10)
