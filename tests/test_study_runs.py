@@ -54,7 +54,7 @@ def test_a_diverged_method_is_reported_failed_and_the_others_go_on(tmp_path, mon
     cfg = StudyConfig(name="s", train=TrainConfig(model=None, device="cpu", max_steps=3, train_subset=512),
                       methods=("standard", "jafr:low", "fgsm"), seeds=1, eval_subset=24, adv_subset=8, heat_map_images=2,
                       corruptions=("gaussian_noise", "contrast"), severities=(1, 5), pgd_steps=1, out_root=str(tmp_path),
-                      progress=False)
+                      progress=False, workers=1)  # one process: the models built are counted in it
     path = run_study(cfg)
     root = tmp_path / "s"
     study = json.loads((root / "study.json").read_text())

@@ -68,7 +68,7 @@ def _study_config(args) -> StudyConfig:
         heat_map_images=args.heat_map_images, heat_map_eps=args.heat_map_eps,
         corruptions=tuple(args.corruptions) if args.corruptions else None, autoattack=args.autoattack,
         eval_seed=args.eval_seed, out_root=args.out_root, retrain=args.retrain, progress=not args.no_progress,
-        full=args.full, workers=args.workers,
+        full=args.full, workers=getattr(args, "workers", None),  # jafr eval has no --workers
     )
 
 

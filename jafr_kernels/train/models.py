@@ -123,6 +123,7 @@ class _ImageConv(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         p = ctx.padding
+        grad = grad.to(weight.dtype)  # under autocast the forward ran in bf16 on the fp32 x and weight
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             back = (weight.shape[-2] - 1 - p[0], weight.shape[-1] - 1 - p[1])
