@@ -11,30 +11,14 @@ import torch
 from torch import Tensor, nn
 
 from jafr_kernels.attacks import fgsm, pgd
+from jafr_kernels.train.accuracy import batches as _batches
+from jafr_kernels.train.accuracy import clean_accuracy
+from jafr_kernels.train.accuracy import predict as _predict
 
 
 def eps_key(eps: float) -> str:
     """The JSON key of a radius: ``"0.0314"`` style, 4 decimals (enough to tell k/255 apart)."""
     return f"{eps:.4f}"
-
-
-def _batches(x: Tensor, y: Tensor, batch_size: int):
-    for i in range(0, x.shape[0], batch_size):
-        yield x[i : i + batch_size], y[i : i + batch_size]
-
-
-def _predict(model: nn.Module, x: Tensor) -> Tensor:
-    with torch.no_grad():
-        return model(x).argmax(dim=1)
-
-
-def clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 500, device="cpu") -> float:
-    """Top-1 accuracy on (N, C, H, W) images ``x`` with int64 labels ``y`` (N,)."""
-    model.eval()
-    correct = 0
-    for xb, yb in _batches(x, y, batch_size):
-        correct += int((_predict(model, xb.to(device)) == yb.to(device)).sum())
-    return correct / max(1, x.shape[0])
 
 
 def robust_correct(

@@ -329,7 +329,7 @@ class GeneratedCorruptions:
 class PublishedCorruptions:
     """The published -C files of a dataset, restricted to the evaluation subset's test-set indices."""
 
-    def __init__(self, root: str, dataset: str, indices: Tensor):
+    def __init__(self, root: str, indices: Tensor):
         from jafr_kernels.eval.corruption_data import open_published
 
         self.data = open_published(root)
@@ -345,7 +345,7 @@ def corruption_source(cfg: StudyConfig, x: Tensor, idx: Tensor, channels: int):
     """The study's corruptions: the published files when ``corruption_dir`` is set, else generated ones."""
     names = list(cfg.corruptions) if cfg.corruptions else C.available_corruptions(channels)
     if cfg.corruption_dir:
-        source = PublishedCorruptions(cfg.corruption_dir, cfg.train.dataset, idx)
+        source = PublishedCorruptions(cfg.corruption_dir, idx)
         if cfg.corruptions:
             source.names = [n for n in source.names if n in names]
         return source
@@ -582,6 +582,11 @@ def _train_and_evaluate(ctx: _RunContext, i: int, run: Run) -> tuple[dict, dict]
     return {"status": "ok", "reused": False}, spent
 
 
+def _relative_cost(method) -> int:
+    """A run's training cost in standard runs, roughly: an attack doubles a step, a gradient term doubles it."""
+    return (2 if method.attack else 1) * (2 if method.jafr or method.gradalign else 1)
+
+
 _CONTEXT: Optional[_RunContext] = None  # set in the parent before worker processes fork from it
 
 
@@ -597,6 +602,8 @@ def _run_all(ctx: _RunContext, todo: list, workers: int):
         for i, run in todo:
             yield (run.folder, *_train_and_evaluate(ctx, i, run))
         return
+    # seed by seed, the costliest runs first, so that the last runs to finish are short ones
+    todo = sorted(todo, key=lambda job: (ctx.cfg.seed_list.index(job[1].seed), -_relative_cost(job[1].spec.info)))
     global _CONTEXT
     ctx = dataclasses.replace(ctx, cfg=dataclasses.replace(ctx.cfg, progress=False))  # one line per run instead
     if hasattr(ctx.source, "prepare"):

@@ -189,7 +189,7 @@ def test_accuracy(model, dataset: str, data_dir, n=None) -> tuple[float, int]:
     """(top-1 accuracy, images) of ``model`` on the first ``n`` images of ``dataset``'s test split (all if None)."""
     import torch
 
-    from jafr_kernels.eval.adversarial import clean_accuracy
+    from jafr_kernels.train.accuracy import clean_accuracy
     from jafr_kernels.train.data import get_batch, load_dataset
 
     test_set = load_dataset(dataset, train=False, data_dir=data_dir)
