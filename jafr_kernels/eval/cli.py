@@ -227,8 +227,8 @@ def register(subparsers) -> None:
         description="Train standard, JaFR (low/high target) and adversarially trained models over several seeds, "
         "evaluate clean / corruption / adversarial accuracy and frequency analyses, and write runs/<name>/report.md "
         "with mean ± 95% CI and paired verdicts. The default is sized by the device and printed at the start: on a "
-        "CPU, 3 seeds on Fashion-MNIST (about 10 minutes on 2 idle cores); on a GPU, 3 seeds of a larger study "
-        "(about 5 minutes). Finished runs are reused.",
+        "CPU, 4 seeds on Fashion-MNIST (about 9 minutes on 2 idle cores); on a GPU, 4 seeds of a larger study "
+        "(about 4 minutes). Finished runs are reused.",
         formatter_class=DefaultsFormatter,
     )
     p.add_argument("--name", default="study", help="study folder name under --out-root")

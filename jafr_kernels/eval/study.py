@@ -66,7 +66,7 @@ class Budget:
 
 
 # Device defaults, sized from measured per-run CPU times (docs/study.md, "Budgets"): the CPU default keeps
-# `make study` (setup included) within 15 minutes on 2 idle cores; the CUDA default takes about 5 minutes
+# `make study` (setup included) within 15 minutes on 2 idle cores; the CUDA default takes about 4 minutes
 # on one H100/H200.
 BUDGETS = {
     "cpu": Budget(seeds=4, epochs=2, eval_subset=1000, adv_subset=500, heat_map_images=50, pgd_steps=10, pgd_restarts=1),
