@@ -648,7 +648,10 @@ def _setting_section(study: dict, corr: dict) -> list[str]:
         f"Wall time of this invocation: {study.get('total_seconds', float('nan')):.0f} s (training"
         f" {study.get('train_seconds', float('nan')):.0f} s, evaluation {study.get('eval_seconds', float('nan')):.0f} s;"
         f" {study.get('trained', 0)} run(s) trained, {study.get('evaluated', 0)} evaluated, {study.get('reused', 0)} reused"
-        f" from disk) on {study.get('device_name', study['device'])}, torch {study.get('torch_version', '?')}.",
+        f" from disk) on {study.get('device_name', study['device'])}"
+        + (f", {study['runs_at_a_time']} runs at a time on one thread each (training and evaluation times add"
+           " up over them)" if study.get("runs_at_a_time", 1) > 1 else "")
+        + f", torch {study.get('torch_version', '?')}.",
         "",
     ]
 

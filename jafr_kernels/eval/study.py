@@ -679,7 +679,8 @@ def run_study(cfg: StudyConfig) -> str:
     bar.close()
 
     record = _study_record(cfg, x, runs, status)
-    record.update(timing, total_seconds=time.perf_counter() - start, total_cpu_seconds=time.process_time() - cpu_start)
+    record.update(timing, total_seconds=time.perf_counter() - start, total_cpu_seconds=time.process_time() - cpu_start,
+                  runs_at_a_time=workers)
     _write_json(os.path.join(root, "study.json"), record)
     print(f"[study] trained {timing['trained']}, evaluated {timing['evaluated']}, reused {timing['reused']},"
           f" failed {timing['failed']}; {record['total_seconds']:.0f} s", flush=True)
