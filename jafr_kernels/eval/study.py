@@ -513,7 +513,7 @@ def _train(run_dir: str, tc: TrainConfig, retrain: bool, train_set):
 @dataclass
 class _RunContext:
     """What every run of a study shares: the resolved config, its folder, the evaluation images, corruptions
-    and key, and the training set (loaded once; worker processes inherit it)."""
+    and key, and the training set (loaded once, when a run first trains, or before worker processes fork)."""
 
     cfg: StudyConfig
     root: str
@@ -523,7 +523,14 @@ class _RunContext:
     source: object
     num_classes: int
     total: int
-    train_set: object
+    train_set: object = None
+
+    def training_set(self):
+        if self.train_set is None:
+            from jafr_kernels.train import load_dataset
+
+            self.train_set = load_dataset(self.cfg.train.dataset, True, self.cfg.train.data_dir)
+        return self.train_set
 
 
 def _previous_outcome(cfg: StudyConfig, run: Run, root: str, key: dict) -> Optional[dict]:
@@ -558,7 +565,7 @@ def _train_and_evaluate(ctx: _RunContext, i: int, run: Run) -> tuple[dict, dict]
     if trained:
         print(f"{tag}: training", flush=True)
         try:
-            model = _train(run_dir, tc, cfg.retrain, ctx.train_set)
+            model = _train(run_dir, tc, cfg.retrain, ctx.training_set())
         except NonFiniteLossError as exc:
             print(f"{tag}: training diverged: {exc}", flush=True)
             os.makedirs(run_dir, exist_ok=True)
@@ -606,6 +613,7 @@ def _run_all(ctx: _RunContext, todo: list, workers: int):
     todo = sorted(todo, key=lambda job: (ctx.cfg.seed_list.index(job[1].seed), -_relative_cost(job[1].spec.info)))
     global _CONTEXT
     ctx = dataclasses.replace(ctx, cfg=dataclasses.replace(ctx.cfg, progress=False))  # one line per run instead
+    ctx.training_set()  # loaded once here, not once per worker
     if hasattr(ctx.source, "prepare"):
         ctx.source.prepare(ctx.cfg.severities)  # generate once here, not once per worker
     _CONTEXT = ctx
@@ -624,7 +632,7 @@ def run_study(cfg: StudyConfig) -> str:
     from tqdm.auto import tqdm
 
     from jafr_kernels.eval.report import build_report
-    from jafr_kernels.train import dataset_info, load_dataset
+    from jafr_kernels.train import dataset_info
 
     start, cpu_start = time.perf_counter(), time.process_time()
     cfg = cfg.resolved()
@@ -668,8 +676,7 @@ def run_study(cfg: StudyConfig) -> str:
     if todo:
         print(f"[study] {len(todo)} run(s) to train or evaluate"
               + (f", {workers} at a time (one CPU thread each)" if workers > 1 else ""), flush=True)
-    context = _RunContext(cfg, root, key, x, y, source, info.num_classes, len(runs),
-                          load_dataset(cfg.train.dataset, True, cfg.train.data_dir) if todo else None)
+    context = _RunContext(cfg, root, key, x, y, source, info.num_classes, len(runs))
     bar = tqdm(total=len(todo), desc="study", unit="run", disable=not cfg.progress, dynamic_ncols=True)
     for folder, outcome, spent in _run_all(context, todo, workers):
         status[folder] = outcome
