@@ -165,8 +165,8 @@ def fused_kernels_call(backend: str, x: torch.Tensor, cutoff: float) -> Callable
 
 
 def forced_path_call(backend: str, path: str, x: torch.Tensor, cutoff: float) -> Callable[[], object]:
-    """The backend's ratio forward and backward called directly on one transform path (``configs.QUICK_LARGE_CASES``):
-    Triton ``dft`` / ``gemm`` / ``fft``, the C++ backend ``fused`` / ``partial`` / ``full``."""
+    """The backend's ratio forward and backward called directly on one transform path (``configs.QUICK_PATH_CASES``):
+    Triton ``dft`` / ``packed`` / ``gemm`` / ``fft``, the C++ backend ``fused`` / ``partial`` / ``full``."""
     from jafr_kernels.reference import RadialBand
 
     q_lo, q_hi = RadialBand.low(cutoff).q_limits(*x.shape[-2:])

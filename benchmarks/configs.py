@@ -219,13 +219,17 @@ QUICK_BASELINES = ("eager", "eager_compiled", "reference")
 # backward (allocations only) under the same mean + autograd.grad, the least any eager penalty pays per call;
 # "<backend>_kernels" calls the backend's fused ratio forward and backward directly (no autograd, no API).
 QUICK_PARTS = ("autograd_floor", "triton_kernels", "cuda_kernels")
-# The large-plane transforms, forced one at a time at (32, 3, 224, 224) fp32 and two cutoffs (the crossover
-# between the band-limited GEMM path and cuFFT): impl "<backend>_kernels@<path>" calls the backend's ratio
-# forward and backward directly on that path. Triton's tiled GEMM path does not serve cutoff 0.5 at 224 (113
-# band rows, wider than its accumulators).
+# The transform paths, forced one at a time, fp32: impl "<backend>_kernels@<path>" calls the backend's ratio
+# forward and backward directly on that path. At (32, 3, 224, 224) and two cutoffs, the crossover between the
+# band-limited GEMM path and cuFFT (Triton's tiled GEMM path does not serve cutoff 0.5 at 224: 113 band rows,
+# wider than its accumulators); at (4096, 3, 32, 32), Triton's two small-plane paths ("dft": one sample per
+# program; "packed": several, with packed factors), which decides the automatic choice between them.
 QUICK_LARGE_SHAPE = (32, 3, 224, 224)
-QUICK_LARGE_CASES = (("triton", "gemm", 0.25), ("triton", "fft", 0.25), ("triton", "fft", 0.5),
-                     ("cuda", "partial", 0.25), ("cuda", "full", 0.25), ("cuda", "partial", 0.5), ("cuda", "full", 0.5))
+QUICK_SMALL_SHAPE = (4096, 3, 32, 32)
+QUICK_PATH_CASES = tuple((QUICK_LARGE_SHAPE, *case) for case in (
+    ("triton", "gemm", 0.25), ("triton", "fft", 0.25), ("triton", "fft", 0.5), ("cuda", "partial", 0.25),
+    ("cuda", "full", 0.25), ("cuda", "partial", 0.5), ("cuda", "full", 0.5))) + (
+    (QUICK_SMALL_SHAPE, "triton", "dft", 0.25), (QUICK_SMALL_SHAPE, "triton", "packed", 0.25))
 
 
 def quick_cases(suite: Suite) -> list[KernelCase]:
@@ -244,9 +248,9 @@ def quick_cases(suite: Suite) -> list[KernelCase]:
                     cases.append(case)
                 elif dtype == "fp32":
                     compiled.append(case)
-    for backend, path, cutoff in QUICK_LARGE_CASES:
+    for shape, backend, path, cutoff in QUICK_PATH_CASES:
         if backend in backends:
-            cases.append(KernelCase("freq_penalty", "fwd+bwd", f"{backend}_kernels@{path}", QUICK_LARGE_SHAPE, cutoff,
+            cases.append(KernelCase("freq_penalty", "fwd+bwd", f"{backend}_kernels@{path}", shape, cutoff,
                                     "fp32", suite.device))
     return cases + compiled
 

@@ -229,13 +229,13 @@ def quick_breakdown_table(results: dict) -> str:
 
 
 def quick_paths_table(results: dict) -> str:
-    """The large-plane transforms forced one at a time (``configs.QUICK_LARGE_CASES``), per cutoff: per-call time,
+    """The transform paths forced one at a time (``configs.QUICK_PATH_CASES``), per shape and cutoff: per-call time,
     device busy time, CUDA-graph replay and the device time as a multiple of the copy floor."""
     rows = [r for r in results["rows"] if r.get("kind") == "quick" and "@" in r["impl"]]
-    copy = _quick_row(results["rows"], "copy", configs.QUICK_LARGE_SHAPE)
-    floor = copy and (copy.get("device_s_per_call") or copy["per_call_s"])
     lines = []
-    for r in sorted(rows, key=lambda r: (r["cutoff"], r["impl"])):
+    for r in sorted(rows, key=lambda r: (tuple(r["shape"]), r["cutoff"], r["impl"])):
+        copy = _quick_row(results["rows"], "copy", tuple(r["shape"]))
+        floor = copy and (copy.get("device_s_per_call") or copy["per_call_s"])
         device, graph = r.get("device_s_per_call"), r.get("graph_s_per_call")
         lines.append([_shape(r["shape"]), f"{r['cutoff']:g}", r["impl"], _fmt(r["per_call_s"] * 1e3, ".3f"),
                       _fmt(device and device * 1e6, ".0f"), _fmt(graph and graph * 1e3, ".3f"),
@@ -509,8 +509,9 @@ def markdown(results: dict, *, full: bool = False) -> str:
                   "`autograd_floor`: empty autograd.Function under the same mean and autograd.grad.", "",
                   quick_breakdown_table(results), ""]
         if any("@" in r["impl"] for r in results["rows"]):
-            parts += ["#### Large planes: each transform path forced, fp32 (the GEMM / FFT crossover)", "",
-                      "`<backend>_kernels@<path>`: the backend's ratio forward and backward on that path; Triton `gemm` "
+            parts += ["#### Each transform path forced, fp32 (the GEMM / FFT crossover; the two small-plane paths)", "",
+                      "`<backend>_kernels@<path>`: the backend's ratio forward and backward on that path; Triton `dft` "
+                      "(one sample per program) and `packed` (several, packed factors) for small planes, `gemm` "
                       "(band-limited DFT in tl.dot tiles) and `fft` (cuFFT), C++ `partial` (band-limited DFT as two "
                       "batched GEMMs each way) and `full` (cuFFT).", "", quick_paths_table(results), ""]
         return "\n".join(parts)

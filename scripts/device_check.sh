@@ -10,8 +10,9 @@
 #      value-and-gradient op) and tests/test_large_planes.py (the large-plane paths, 224 x 224 included) on
 #      the compiled kernels (pytest-xdist when present);
 #   3. python -m benchmarks --gpu --quick: the headline freq_penalty cases, and each large-plane transform path
-#      forced at (32, 3, 224, 224) and cutoffs 0.25 / 0.5 (the GEMM / cuFFT crossover) next to the eager penalty
-#      and the copy of J, results as JSON + markdown named after the device;
+#      forced at (32, 3, 224, 224) and cutoffs 0.25 / 0.5 (the GEMM / cuFFT crossover) and the two small-plane
+#      paths (dft, packed) at (4096, 3, 32, 32), next to the eager penalty and the copy of J, results as JSON +
+#      markdown named after the device;
 #   4. python -m benchmarks --gpu --only training: the training steps side by side (standard, double
 #      backward, finite differences, lazy and sub-batch finite differences; small CNN and PreAct ResNet-18;
 #      ResNet-18 also with bf16 + channels_last, and compiled), each as a ratio to the standard step of the

@@ -26,10 +26,12 @@ from triton.compiler import ASTSource
 import torch
 
 from jafr_kernels.kernels import triton_large as tl_large
+from jafr_kernels.kernels import triton_packed as tp
 from jafr_kernels.kernels import triton_ratio as tr
 from jafr_kernels.kernels import triton_spectral as ts
 from jafr_kernels.reference import RadialBand
 
+PACKED_SAMPLES = (1, 2, 4)
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 
@@ -51,7 +53,7 @@ def compile_kernel(kernel, types: dict, consts: dict, num_warps: int, arch: int)
         sass = subprocess.run([CUOBJDUMP, "--dump-sass", f.name], capture_output=True, text=True).stdout
     found = re.search(r"REG:(\d+).*STACK:(\d+)", usage)
     regs, stack = found.groups() if found else ("?", "?")
-    keys = ("C", "H", "W", "NU", "VB", "BR", "HAS_WEIGHT", "BAND_CMP", "POWER", "ACC", "PREC", "PLANES", "BLOCK",
+    keys = ("C", "H", "W", "NU", "VB", "SAMPLES", "BR", "HAS_WEIGHT", "BAND_CMP", "POWER", "ACC", "PREC", "PLANES", "BLOCK",
             "IS_MAG")
     shown = " ".join(f"{k}={v}" for k, v in consts.items() if k in keys)
     stages = f" stages={options['num_stages']}" if "num_stages" in options else ""
@@ -118,6 +120,13 @@ def ratio_cases(sizes):
                 consts.pop("C")  # a run-time argument of the DFT kernels
                 for kernel in (tr._ratio_dft_kernel, tr._ratio_bwd_dft_kernel, tr._ratio_and_grad_dft_kernel):
                     yield kernel, types, dict(consts, COMPLEMENT=True), warps
+                for samples in PACKED_SAMPLES:  # the packed path (triton_packed), several samples per program
+                    meta = tp.packed_meta(h, w, dtype, *band.q_limits(h, w), has_weight, samples)
+                    consts = dict(meta["consts"])
+                    warps = consts.pop("num_warps")
+                    packed_types = dict(types, rows_ptr=p, cols_ptr=p, B="i32")
+                    for kernel in (tp._ratio_packed_kernel, tp._ratio_bwd_packed_kernel, tp._ratio_and_grad_packed_kernel):
+                        yield kernel, packed_types, dict(consts, COMPLEMENT=True), warps
     yield from large_cases(sizes)
     for acc, p in ((tl.float32, "*fp32"), (tl.float64, "*fp64")):  # the FFT path's two kernels
         types = dict(spec_ptr=p, w_ptr=p, value_ptr=p, stats_ptr=p, grad_ptr=p, out_ptr=p, q_lo="i64", q_hi="i64",

@@ -108,9 +108,9 @@ def record_ops(monkeypatch):
     import contextlib
 
     try:
-        from jafr_kernels.kernels import triton_ratio, triton_spectral
+        from jafr_kernels.kernels import triton_large, triton_packed, triton_ratio, triton_spectral
 
-        kernel_modules = (triton_ratio, triton_spectral)
+        kernel_modules = (triton_ratio, triton_packed, triton_large, triton_spectral)
     except Exception:  # no usable Triton here: nothing to wrap
         kernel_modules = ()
 

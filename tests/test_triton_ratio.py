@@ -80,7 +80,30 @@ def test_matches_reference(h, w, mask, complement):
     assert rel_err(dx, dx_ref) <= TOL
 
 
-@pytest.mark.parametrize("path", ["dft", "fft"])
+@pytest.mark.parametrize("h,w", [s for s in SIZES if max(s) <= tr.MAX_RATIO_DFT_SIZE] + [(6, 5)])
+@pytest.mark.parametrize("mask", list(MASKS))
+@pytest.mark.parametrize("samples", [1, 2, 4, 8])
+def test_packed_path_matches_reference(h, w, mask, samples, monkeypatch):
+    """The packed small-plane path (several samples per program) at every size and mask, with batches that do
+    not fill the last program (5 samples), value and gradient of ratio/ratio_backward and ratio_and_grad."""
+    monkeypatch.setenv("JAFR_TRITON_SAMPLES", str(samples))
+    x = _planes(5, CHANNELS[mask], h, w, seed=h * w + samples)
+    ref_mask, weight, q_lo, q_hi = _mask(mask, h, w)
+    grad = torch.tensor([0.7, -1.3, 2.0, 0.1, -0.4], device=DEVICE)
+    value, dx = _kernels(x, weight, q_lo, q_hi, True, grad, path="packed")
+    value_ref, dx_ref = _reference(x, ref_mask, True, grad)
+    assert rel_err(value, value_ref) <= TOL and rel_err(dx, dx_ref) <= TOL
+    value_vg, dx_vg = tr.ratio_and_grad(x, weight, q_lo, q_hi, True, -0.3, path="packed")
+    _, dx_vg_ref = _reference(x, ref_mask, True, torch.full((5,), -0.3, device=DEVICE))
+    assert rel_err(value_vg, value_ref) <= TOL and rel_err(dx_vg, dx_vg_ref) <= TOL
+
+
+def test_packed_path_is_for_small_planes():
+    with pytest.raises(ValueError, match="64x64"):
+        tr.ratio(_planes(1, 1, 65, 8), None, 0, 10, False, path="packed")
+
+
+@pytest.mark.parametrize("path", ["dft", "packed", "fft"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_both_paths_at_one_size(path, channels):
     x = _planes(2, channels, 28, 28, seed=11)
@@ -91,7 +114,7 @@ def test_both_paths_at_one_size(path, channels):
     assert rel_err(value, value_ref) <= TOL and rel_err(dx, dx_ref) <= TOL
 
 
-@pytest.mark.parametrize("path", ["dft", "fft"])
+@pytest.mark.parametrize("path", ["dft", "packed", "fft"])
 def test_float64_is_tight(path):
     x = _planes(2, 3, 17, 12, dtype=torch.float64, seed=12)
     band = RadialBand.between(0.1, 0.7)
@@ -111,7 +134,7 @@ def test_all_pass_band_is_one_with_zero_gradient():
 
 
 # --------------------------------------------------------------------------- 2. scale, zero and non-finite samples
-@pytest.mark.parametrize("path", ["dft", "fft"])
+@pytest.mark.parametrize("path", ["dft", "packed", "fft"])
 def test_scale_invariance_1e30(path):
     """Each sample scaled by 1e-30 .. 1e30 gives the unscaled value, and a gradient scaled by the inverse."""
     base = _planes(1, 3, 32, 32, seed=14)
@@ -127,7 +150,7 @@ def test_scale_invariance_1e30(path):
         assert rel_err(dx[i : i + 1].double() * s, dx_ref) <= TOL
 
 
-@pytest.mark.parametrize("path", ["dft", "fft"])
+@pytest.mark.parametrize("path", ["dft", "packed", "fft"])
 @pytest.mark.parametrize("complement", [False, True])
 def test_zero_sample_gives_zero_with_zero_gradient(path, complement):
     x = _planes(3, 3, 20, 20, seed=15)
@@ -140,7 +163,7 @@ def test_zero_sample_gives_zero_with_zero_gradient(path, complement):
     assert rel_err(value, value_ref) <= TOL and rel_err(dx, dx_ref) <= TOL
 
 
-@pytest.mark.parametrize("path", ["dft", "fft"])
+@pytest.mark.parametrize("path", ["dft", "packed", "fft"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_nonfinite_sample_is_nan_and_alone(path, bad):
     x = _planes(3, 3, 20, 20, seed=16)
@@ -166,7 +189,8 @@ def _subnormal_samples(h, w, seed):
     return x
 
 
-@pytest.mark.parametrize("path,h,w", [("dft", 16, 16), ("dft", 17, 12), ("fft", 4, 4)])
+@pytest.mark.parametrize("path,h,w", [("dft", 16, 16), ("dft", 17, 12), ("packed", 16, 16), ("packed", 17, 12),
+                                    ("fft", 4, 4)])
 @pytest.mark.parametrize("mask", ["low", "high"])
 @pytest.mark.parametrize("complement", [False, True])
 def test_subnormal_samples_match_reference(path, h, w, mask, complement):
@@ -232,7 +256,7 @@ class _Ratio(torch.autograd.Function):
         return dx, None, None, None, None, None
 
 
-@pytest.mark.parametrize("path", ["dft", "fft"])
+@pytest.mark.parametrize("path", ["dft", "packed", "fft"])
 @pytest.mark.parametrize("h,w", [(6, 5), (5, 6)])
 def test_gradcheck(path, h, w):
     x = _planes(2, 2, h, w, dtype=torch.float64, seed=19).requires_grad_(True)
@@ -268,40 +292,47 @@ def test_channel_count_is_a_runtime_argument():
     access; benchmarks/README.md, "What an H100 measured"): C must stay a run-time loop bound, unspecialised."""
     import inspect
 
-    for kernel in (tr._ratio_dft_kernel, tr._ratio_bwd_dft_kernel):
+    from jafr_kernels.kernels import triton_packed as tp
+
+    for kernel in (tr._ratio_dft_kernel, tr._ratio_bwd_dft_kernel, tr._ratio_and_grad_dft_kernel,
+                   tp._ratio_packed_kernel, tp._ratio_bwd_packed_kernel, tp._ratio_and_grad_packed_kernel):
         fn = getattr(kernel, "fn", kernel)
         assert "constexpr" not in str(inspect.signature(fn).parameters["C"].annotation), kernel
         unspecialised = getattr(kernel, "do_not_specialize", None) or kernel.kwargs["do_not_specialize"]  # jit / interpreter
         assert "C" in unspecialised, kernel
 
 
-def test_launch_budget_of_a_penalty_call(record_ops):
+@pytest.mark.parametrize("path", ["dft", "packed"])
+def test_launch_budget_of_a_penalty_call(record_ops, path, monkeypatch):
     """freq_penalty forward+backward (ratio, power 2, radial band) on Triton: <= 2 launches, <= 4 other ops."""
+    monkeypatch.setenv("JAFR_TRITON_PATH", path)
     x = _planes(8, 3, 32, 32, seed=20).requires_grad_(True)
     loss = jk.freq_penalty(x, 0.25, backend="triton")  # warm-up: DFT factors cached, kernels compiled
     torch.autograd.grad(loss, x)
     with record_ops() as rec:
         loss = jk.freq_penalty(x, 0.25, backend="triton")
         (dx,) = torch.autograd.grad(loss, x)
-    assert rec.launches == ["_ratio_dft_kernel", "_ratio_bwd_dft_kernel"], rec.launches
+    assert rec.launches == [f"_ratio_{path}_kernel", f"_ratio_bwd_{path}_kernel"], rec.launches
     assert len(rec.ops) <= 4, rec.ops  # mean, its backward's div, autograd's ones_like
     assert rec.host_reads == []
     assert torch.isfinite(dx).all()
 
 
-def test_launch_budget_of_a_value_and_grad_call(record_ops):
+@pytest.mark.parametrize("path", ["dft", "packed"])
+def test_launch_budget_of_a_value_and_grad_call(record_ops, path, monkeypatch):
     """freq_penalty_and_grad (small planes): exactly one launch, value and gradient from the same spectrum."""
+    monkeypatch.setenv("JAFR_TRITON_PATH", path)
     x = _planes(8, 3, 32, 32, seed=21)
     jk.freq_penalty_and_grad(x, 0.25, backend="triton")  # warm-up: DFT factors cached, kernel compiled
     with record_ops() as rec:
         penalty, grad = jk.freq_penalty_and_grad(x, 0.25, backend="triton")
-    assert rec.launches == ["_ratio_and_grad_dft_kernel"], rec.launches
+    assert rec.launches == [f"_ratio_and_grad_{path}_kernel"], rec.launches
     assert len(rec.ops) <= 2, rec.ops  # the mean of the per-sample values
     assert rec.host_reads == []
     assert torch.isfinite(penalty) and torch.isfinite(grad).all()
 
 
-@pytest.mark.parametrize("path", ["dft", "fft"])
+@pytest.mark.parametrize("path", ["dft", "packed", "fft"])
 @pytest.mark.parametrize("mask", ["high", "weight"])
 def test_ratio_and_grad_matches_forward_and_backward(path, mask):
     """ratio_and_grad on both paths equals the reference's value and scale * gradient (fp32 and fp16 x)."""

@@ -91,9 +91,14 @@ def _rect_coef(w_ptr, q_lo, q_hi, H: tl.constexpr, W: tl.constexpr, BU: tl.const
                UR: tl.constexpr, NU: tl.constexpr, VB: tl.constexpr, HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr):
     """(BU, BV) h_v * m(u_i, v) over the transformed rectangle, zero on the padding."""
     u, row_ok = _rect_rows(BU, UR, NU, H)
-    u = u[:, None]
     v = tl.arange(0, BV)[None, :]
-    valid = row_ok[:, None] & (v < VB)
+    return _bin_coef(w_ptr, u[:, None], v, row_ok[:, None] & (v < VB), q_lo, q_hi, H, W, HAS_WEIGHT, ACC)
+
+
+@triton.jit
+def _bin_coef(w_ptr, u, v, valid, q_lo, q_hi, H: tl.constexpr, W: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+              ACC: tl.constexpr):
+    """h_v * m(u, v) at the bins (u, v) (broadcast together), zero where not ``valid``."""
     if HAS_WEIGHT:
         m = tl.load(w_ptr + u * (W // 2 + 1) + v, mask=valid, other=0.0).to(ACC)
     else:

@@ -40,6 +40,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from jafr_kernels.kernels import triton_packed
 from jafr_kernels.kernels.triton_common import (
     _band,
     _block,
@@ -355,8 +356,9 @@ def band_rect(h: int, w: int, q_lo: int, q_hi: int, has_weight: bool) -> tuple[i
 
 
 def ratio_path(h: int, w: int, rect: tuple[int, int], path: str = "auto") -> str:
-    """``"dft"`` (band-limited matrix DFT), ``"gemm"`` (the same, streamed in tiles: :mod:`.triton_large`) or
-    ``"fft"`` for H x W planes whose rectangle has ``rect`` = (NU, VB).
+    """``"dft"`` (band-limited matrix DFT), ``"packed"`` (the same, several samples per program with packed
+    factors: :mod:`.triton_packed`), ``"gemm"`` (streamed in tiles: :mod:`.triton_large`) or ``"fft"`` for
+    H x W planes whose rectangle has ``rect`` = (NU, VB).
 
     ``auto``: the DFT up to 32 x 32, and up to 64 x 64 while the rectangle fits 32 x 16 blocks (wider ones
     need more registers and shared memory than a multiprocessor has: ``scripts/triton_compile_check.py``);
@@ -365,13 +367,13 @@ def ratio_path(h: int, w: int, rect: tuple[int, int], path: str = "auto") -> str
     """
     from jafr_kernels.kernels.triton_large import gemm_fits  # noqa: PLC0415 (that module imports this one)
 
-    if path not in ("auto", "dft", "gemm", "fft"):
-        raise ValueError(f"path must be 'auto', 'dft', 'gemm' or 'fft', got {path!r}")
+    if path not in ("auto", "dft", "packed", "gemm", "fft"):
+        raise ValueError(f"path must be 'auto', 'dft', 'packed', 'gemm' or 'fft', got {path!r}")
     if path == "auto":
         small = max(h, w) <= 32 or (max(h, w) <= MAX_RATIO_DFT_SIZE and _block(rect[0]) <= 32 and _block(rect[1]) <= 16)
         return "dft" if small else ("gemm" if gemm_fits(rect) else "fft")
-    if path == "dft" and max(h, w) > MAX_RATIO_DFT_SIZE:
-        raise ValueError(f"path='dft' serves planes up to {MAX_RATIO_DFT_SIZE}x{MAX_RATIO_DFT_SIZE}, got {h}x{w}")
+    if path in ("dft", "packed") and max(h, w) > MAX_RATIO_DFT_SIZE:
+        raise ValueError(f"path={path!r} serves planes up to {MAX_RATIO_DFT_SIZE}x{MAX_RATIO_DFT_SIZE}, got {h}x{w}")
     if path == "gemm" and not gemm_fits(rect):
         raise ValueError(f"path='gemm' serves band rectangles that fit its accumulators, got {rect} rows x columns")
     return path
@@ -419,6 +421,13 @@ def _plan_for(x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, path: s
                      os.environ.get("JAFR_TRITON_PATH", path) if path == "auto" else path, dot_precision(acc, "tf32x3"))
 
 
+def _packed(x: Tensor, path: str) -> bool:
+    """Whether this call takes the ``"packed"`` small-plane path (``path`` or, for ``"auto"``, the environment's
+    ``JAFR_TRITON_PATH`` names it); planes above 64 x 64 raise."""
+    chosen = os.environ.get("JAFR_TRITON_PATH", path) if path == "auto" else path
+    return chosen == "packed" and ratio_path(*x.shape[-2:], (0, 0), "packed") == "packed"
+
+
 def _large():
     """The large-plane GEMM path's module (imported on first use: it imports this one)."""
     from jafr_kernels.kernels import triton_large  # noqa: PLC0415
@@ -450,6 +459,8 @@ def ratio(x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, complement:
     value = torch.empty((b,), device=x.device, dtype=acc)
     stats = torch.empty((b, 2), device=x.device, dtype=acc)
     wt = _weight(weight, x, acc)
+    if _packed(x, path):
+        return triton_packed.ratio(x, wt, q_lo, q_hi, complement)
     w_arg = wt if wt is not None else value  # never read without a weight map
     plan = _plan_for(x, wt, q_lo, q_hi, path)
     gemm = None if plan is not None else _large().plan_for(x, wt, q_lo, q_hi, path)
@@ -480,6 +491,8 @@ def ratio_backward(grad: Tensor, x: Tensor, weight: Optional[Tensor], q_lo: int,
     if grad.dtype != acc:
         grad = grad.to(acc)
     wt = _weight(weight, x, acc)
+    if _packed(x, path):
+        return triton_packed.ratio_backward(grad, x, wt, q_lo, q_hi, complement, value, stats)
     w_arg = wt if wt is not None else value
     plan = _plan_for(x, wt, q_lo, q_hi, path)
     gemm = None if plan is not None else _large().plan_for(x, wt, q_lo, q_hi, path)
@@ -513,6 +526,8 @@ def ratio_and_grad(x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, co
     b = x.shape[0]
     acc = accumulate_dtype(x.dtype)
     wt = _weight(weight, x, acc)
+    if _packed(x, path):
+        return triton_packed.ratio_and_grad(x, wt, q_lo, q_hi, complement, scale)
     plan = _plan_for(x, wt, q_lo, q_hi, path)
     if plan is None:
         value, stats = ratio(x, wt, q_lo, q_hi, complement, path=path)
