@@ -4,7 +4,8 @@
 ``_ratio_bwd_dft_kernel``) directly at the benchmark shapes with every combination of ``tl.dot`` precision
 (``tf32x3``, ``ieee``, ``tf32``), warps per program and pipelining of the channel loop, then the C++/CUDA
 backend's fused forward and backward with each thread count of ``--cuda-threads`` (``JAFR_CUDA_THREADS``, one
-process each). Each kernel is timed alone (``triton.testing.do_bench``, median) and its value and gradient are
+process each); the packed small-plane path (``triton_packed``) with 1, 2 and 4 samples per program and 2, 4 and
+8 warps. Each kernel is timed alone (``triton.testing.do_bench``, median) and its value and gradient are
 compared with the float64 reference (normwise relative error; fp32 maths stays far under 1e-5, one-pass
 ``tf32`` does not). Prints one table per backend, the current settings marked; exit status 2 without a GPU.
 This is how the launch settings of both fused ratios are chosen.
@@ -153,7 +154,56 @@ def triton_table(time_limit: float) -> int:
                       f"{type(exc).__name__}: {str(exc).splitlines()[0][:100]} |", flush=True)
                 if "CUDA" in str(exc) or "illegal" in str(exc):
                     return 1
+        if not packed_rows(shape, x, grad, value_ref, dx_ref, q_lo, q_hi, lambda: time.perf_counter() - start > time_limit):
+            return 1
     return 0
+
+
+def packed_rows(shape, x, grad, value_ref, dx_ref, q_lo, q_hi, out_of_time, timer=None) -> bool:
+    """Table rows of the packed small-plane path (``triton_packed``) at one shape: each samples-per-program and
+    warp count (tf32x3, the current precision). False after a CUDA fault."""
+    import triton
+
+    from jafr_kernels.kernels import triton_packed as tp
+
+    timer = timer or time_us
+    b, c = shape[:2]
+    name = "x".join(map(str, shape))
+    for samples in (1, 2, 4):
+        (rows, cols, lo, hi), consts = tp.plan_for(x, None, q_lo, q_hi, samples)
+        default_warps = consts.pop("num_warps")
+        grid = (triton.cdiv(b, samples),)
+        for nw in (2, 4, 8):
+            note = f"packed, {samples} per program" + (", its default" if nw == default_warps and samples ==
+                                                        tp.default_samples(*shape[-2:]) else "")
+            if out_of_time():
+                print(f"| {name} | {consts['PREC']} | {nw} | 3 | - | - | - | - | - | {note}: time limit |")
+                continue
+            value = torch.empty(b, device=x.device)
+            stats = torch.empty(b, 2, device=x.device)
+            dx = torch.empty_like(x)
+
+            def fwd():
+                tp._ratio_packed_kernel[grid](x, value, value, stats, rows, cols, lo, hi, b, c, COMPLEMENT=True,
+                                              num_warps=nw, **consts)
+
+            def bwd():
+                tp._ratio_bwd_packed_kernel[grid](grad, 1, x, value, value, stats, dx, rows, cols, lo, hi, b, c,
+                                                  COMPLEMENT=True, num_warps=nw, **consts)
+
+            try:
+                fwd()
+                bwd()
+                errs = (rel_err(value, value_ref), rel_err(dx, dx_ref))
+                t_fwd, t_bwd = timer(fwd), timer(bwd)
+                print(f"| {name} | {consts['PREC']} | {nw} | 3 | {t_fwd:.1f} | {t_bwd:.1f} | {t_fwd + t_bwd:.1f} | "
+                      f"{errs[0]:.1e} | {errs[1]:.1e} | {note} |", flush=True)
+            except Exception as exc:  # noqa: BLE001 - as in triton_table
+                print(f"| {name} | {consts['PREC']} | {nw} | 3 | - | - | - | - | - | {note}: "
+                      f"{type(exc).__name__}: {str(exc).splitlines()[0][:100]} |", flush=True)
+                if "CUDA" in str(exc) or "illegal" in str(exc):
+                    return False
+    return True
 
 
 if __name__ == "__main__":
