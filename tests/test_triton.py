@@ -206,6 +206,13 @@ def test_path_selection_and_errors():
         ts.energy_backward(torch.ones(3, device=DEVICE), _planes(1, 3, 8, 8), None, 0, 1, 2)
 
 
+@pytest.mark.parametrize("ratio_only", ["gemm", "packed"])
+def test_ratio_only_paths_in_the_environment_leave_these_kernels_their_own(ratio_only, monkeypatch):
+    """JAFR_TRITON_PATH naming one of the band ratio's own paths forces the ratio, not the energy kernels."""
+    monkeypatch.setenv("JAFR_TRITON_PATH", ratio_only)
+    assert ts.plane_path(32, 32) == "dft" and ts.plane_path(96, 96) == "fft"
+
+
 # --------------------------------------------------------------------------- 1b. through the public API
 @pytest.mark.parametrize("size", [28, 64])
 @pytest.mark.parametrize("target", ["low", "high"])

@@ -152,6 +152,12 @@ def _interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def forced_path(path: str) -> str:
+    """The transform path a call asks for: ``path``, or for ``"auto"`` the environment's ``JAFR_TRITON_PATH``
+    when it is set."""
+    return os.environ.get("JAFR_TRITON_PATH", path) if path == "auto" else path
+
+
 def _tl_acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 

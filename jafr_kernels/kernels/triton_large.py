@@ -40,7 +40,6 @@ each mode rounds them, ``scripts/large_plane_precision.py``): see that script's 
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional
 
 import torch
@@ -59,6 +58,7 @@ from jafr_kernels.kernels.triton_common import (
     _sample_value,
     _tl_acc,
     dot_precision,
+    forced_path,
 )
 from jafr_kernels.kernels.triton_ratio import band_rect, ratio_path
 
@@ -321,8 +321,8 @@ def plan_for(x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, path: st
     """The path's plan for this call (see :func:`_plan`), or None when the DFT or FFT path serves it."""
     _, _, h, w = x.shape
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    path = os.environ.get("JAFR_TRITON_PATH", path) if path == "auto" else path
-    return _plan(h, w, x.dtype, x.device, int(q_lo), int(q_hi), weight is not None, path, dot_precision(acc, "tf32x3"))
+    return _plan(h, w, x.dtype, x.device, int(q_lo), int(q_hi), weight is not None, forced_path(path),
+                 dot_precision(acc, "tf32x3"))
 
 
 def ratio(x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, complement: bool, plan) -> tuple[Tensor, Tensor]:

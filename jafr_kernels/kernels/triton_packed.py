@@ -271,12 +271,11 @@ def _warps(values: int) -> int:
 def packed_meta(h: int, w: int, dtype: torch.dtype, q_lo: int, q_hi: int, has_weight: bool,
                 samples: Optional[int] = None, prec: Optional[str] = None) -> dict:
     """Compile-time parameters of the path's kernels (also used by ``scripts/triton_compile_check.py`` and
-    ``scripts/ratio_variants.py``) and the mask limits. ``samples`` defaults to :func:`default_samples`
-    (``JAFR_TRITON_SAMPLES`` overrides it)."""
+    ``scripts/ratio_variants.py``) and the mask limits. ``samples`` defaults to :func:`default_samples`."""
     from jafr_kernels.kernels.triton_ratio import band_rect  # noqa: PLC0415 (that module imports this one)
 
     ur, nu, vb, band_cmp, mask_lo, mask_hi = band_rect(h, w, q_lo, q_hi, has_weight)
-    samples = samples or int(os.environ.get("JAFR_TRITON_SAMPLES", 0)) or default_samples(h, w)
+    samples = samples or default_samples(h, w)
     if samples & (samples - 1):
         raise ValueError(f"samples per program must be a power of two, got {samples}")
     bh, bw = _block(h), _block(w)
@@ -287,10 +286,9 @@ def packed_meta(h: int, w: int, dtype: torch.dtype, q_lo: int, q_hi: int, has_we
     return dict(consts=consts, limits=(mask_lo, mask_hi))
 
 
-@functools.lru_cache(maxsize=64)
 def _factors(h: int, w: int, ur: int, nu: int, vb: int, bu: int, bh: int, bw: int, bvp: int, device: torch.device,
              dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """[C_U; S_U] (2BU, BH) and F = [[C_V, S_V], [-S_V, C_V]] (2BW, BVP), zero-padded, cached per geometry."""
+    """[C_U; S_U] (2BU, BH) and F = [[C_V, S_V], [-S_V, C_V]] (2BW, BVP), zero-padded."""
     ch, sh = _row_factors(h, ur, nu, bu, bh, device, dtype)
     cw, sw = _dft_matrices(w, vb, bw, _block(vb), device, dtype)
     cw, sw = cw[:, :vb], sw[:, :vb]
@@ -301,12 +299,22 @@ def _factors(h: int, w: int, ur: int, nu: int, vb: int, bu: int, bh: int, bw: in
 
 
 def plan_for(x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, samples: Optional[int] = None):
-    """``((rows, cols, mask_lo, mask_hi), constexprs)`` of this call's geometry."""
+    """``((rows, cols, mask_lo, mask_hi), constexprs)`` of this call's geometry (do not modify: cached);
+    ``samples`` defaults to the environment's ``JAFR_TRITON_SAMPLES``, else :func:`default_samples`."""
     _, _, h, w = x.shape
-    meta = packed_meta(h, w, x.dtype, int(q_lo), int(q_hi), weight is not None, samples)
+    samples = samples or int(os.environ.get("JAFR_TRITON_SAMPLES", 0)) or None
+    return _plan(h, w, x.dtype, x.device, int(q_lo), int(q_hi), weight is not None, samples,
+                 dot_precision(accumulate_dtype(x.dtype), "tf32x3"))
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(h: int, w: int, dtype: torch.dtype, device: torch.device, q_lo: int, q_hi: int, has_weight: bool,
+          samples: Optional[int], prec: str):
+    """Everything a launch needs that does not depend on the data, computed once per geometry."""
+    meta = packed_meta(h, w, dtype, q_lo, q_hi, has_weight, samples, prec)
     k = meta["consts"]
-    rows, cols = _factors(h, w, k["UR"], k["NU"], k["VB"], k["BU"], k["BH"], k["BW"], k["BVP"], x.device,
-                          accumulate_dtype(x.dtype))
+    rows, cols = _factors(h, w, k["UR"], k["NU"], k["VB"], k["BU"], k["BH"], k["BW"], k["BVP"], device,
+                          accumulate_dtype(dtype))
     return (rows, cols, *meta["limits"]), k
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from typing import Optional
 
 import torch
@@ -59,6 +58,7 @@ from jafr_kernels.kernels.triton_common import (
     _tl_acc,
     _weight,
     dot_precision,
+    forced_path,
 )
 from jafr_kernels.reference import Q_MAX, accumulate_dtype
 
@@ -418,14 +418,16 @@ def _plan_for(x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, path: s
     _, c, h, w = x.shape
     acc = accumulate_dtype(x.dtype)
     return _dft_plan(c, h, w, x.dtype, x.device, int(q_lo), int(q_hi), weight is not None,
-                     os.environ.get("JAFR_TRITON_PATH", path) if path == "auto" else path, dot_precision(acc, "tf32x3"))
+                     forced_path(path), dot_precision(acc, "tf32x3"))
 
 
 def _packed(x: Tensor, path: str) -> bool:
     """Whether this call takes the ``"packed"`` small-plane path (``path`` or, for ``"auto"``, the environment's
     ``JAFR_TRITON_PATH`` names it); planes above 64 x 64 raise."""
-    chosen = os.environ.get("JAFR_TRITON_PATH", path) if path == "auto" else path
-    return chosen == "packed" and ratio_path(*x.shape[-2:], (0, 0), "packed") == "packed"
+    if forced_path(path) != "packed":
+        return False
+    ratio_path(*x.shape[-2:], (0, 0), "packed")  # raises for planes above 64 x 64
+    return True
 
 
 def _large():
@@ -447,7 +449,7 @@ def ratio(x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, complement:
         x: (B, C, H, W) float16/bfloat16/float32/float64.
         weight: (H, W//2+1) mask values, or None for the radial band ``q_lo <= q(u, v) <= q_hi``.
         complement: return ``1 - rho`` (0 for all-zero samples) instead of ``rho``.
-        path: ``"auto"``, ``"dft"`` (planes up to 64 x 64), ``"gemm"`` (narrow bands) or ``"fft"``.
+        path: ``"auto"``, ``"dft"`` or ``"packed"`` (planes up to 64 x 64), ``"gemm"`` (narrow bands) or ``"fft"``.
 
     Returns:
         ``(value (B,), stats (B, 2))`` in float32 (float64 for float64 input); ``stats = [s_b, E_all(s_b x_b)]``
@@ -456,11 +458,11 @@ def ratio(x: Tensor, weight: Optional[Tensor], q_lo: int, q_hi: int, complement:
     x = _planes(x)
     b, c, h, w = x.shape
     acc = accumulate_dtype(x.dtype)
-    value = torch.empty((b,), device=x.device, dtype=acc)
-    stats = torch.empty((b, 2), device=x.device, dtype=acc)
     wt = _weight(weight, x, acc)
     if _packed(x, path):
         return triton_packed.ratio(x, wt, q_lo, q_hi, complement)
+    value = torch.empty((b,), device=x.device, dtype=acc)
+    stats = torch.empty((b, 2), device=x.device, dtype=acc)
     w_arg = wt if wt is not None else value  # never read without a weight map
     plan = _plan_for(x, wt, q_lo, q_hi, path)
     gemm = None if plan is not None else _large().plan_for(x, wt, q_lo, q_hi, path)

@@ -39,7 +39,6 @@ the kernels run on CPU tensors (autotuning is bypassed there; bf16 is not suppor
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -60,6 +59,7 @@ from jafr_kernels.kernels.triton_common import (
     _tl_acc,
     _weight,
     dot_precision,
+    forced_path,
 )
 from jafr_kernels.reference import accumulate_dtype
 
@@ -415,9 +415,9 @@ def _dft_setup(h: int, w: int, device: torch.device, dtype: torch.dtype):
 def plane_path(h: int, w: int, path: str = "auto") -> str:
     """``"dft"`` (fused matrix DFT) for planes up to 32 x 32, else ``"fft"``; ``path`` (or the environment's
     ``JAFR_TRITON_PATH``) forces one (dft: <= 64)."""
-    path = os.environ.get("JAFR_TRITON_PATH", path) if path == "auto" else path
-    if path == "gemm":  # the band ratio's large-plane path (triton_large); these kernels choose their own
-        path = "auto"
+    path = forced_path(path)
+    if path in ("gemm", "packed"):  # the band ratio's own paths (triton_large, triton_packed); these kernels
+        path = "auto"  # choose their own
     if path == "auto":
         return "dft" if max(h, w) <= AUTO_DFT_SIZE else "fft"
     if path == "dft" and max(h, w) > MAX_DFT_SIZE:
