@@ -229,12 +229,32 @@ def test_sub_batch_regularisation(mode, shared):
     (jac,) = torch.autograd.grad(F.cross_entropy(model(xs), y[:m]), xs)
     torch.testing.assert_close(out.jac, jac, rtol=1e-10, atol=1e-14)
     torch.testing.assert_close(out.penalty, reference.freq_penalty(jac, reference.as_band(0.25)), rtol=1e-9, atol=0)
-    main = x if shared else x_main
-    torch.testing.assert_close(out.ce, F.cross_entropy(model(main), y), rtol=1e-12, atol=0)
-    got = _param_grad(model, out.loss) - _ce_grad(model, main, y)
+    if shared:  # the CE term over two BatchNorm groups, the sub-batch and the rest, weighted by their sizes
+        def ce_term():
+            return (m * F.cross_entropy(model(x[:m]), y[:m]) + (12 - m) * F.cross_entropy(model(x[m:]), y[m:])) / 12
+    else:
+        def ce_term():
+            return F.cross_entropy(model(x_main), y)
+    torch.testing.assert_close(out.ce, ce_term(), rtol=1e-12, atol=0)
+    got = _param_grad(model, out.loss) - _param_grad(model, ce_term())
     expected = _exact_penalty_grad(model, x[:m], y[:m], lam)
     assert F.cosine_similarity(got, expected, dim=0) > 0.999
     assert 0.99 < got.norm() / expected.norm() < 1.01
+
+
+@pytest.mark.parametrize("mode", ["double_backward", "finite_difference"])
+def test_sub_batch_step_takes_the_running_statistics_from_the_rest_of_the_batch(mode):
+    """In standard training with a sub-batch, BatchNorm's running statistics move once per step, by the batch
+    statistics of the pass over the rest (the sub-batch's pass and the finite-difference pass leave them)."""
+    model, (x, y) = _smooth_model(bn=True), _batch(b=12)
+    model.train()
+    bn = model[1]
+    jafr_objective(model, x, y, 0.4, jacobian_mode=mode, fraction=0.3, fd_h=1e-4)
+    ref = _smooth_model(bn=True).train()
+    ref(x[4:])
+    torch.testing.assert_close(bn.running_mean, ref[1].running_mean, rtol=1e-12, atol=0)
+    torch.testing.assert_close(bn.running_var, ref[1].running_var, rtol=1e-12, atol=0)
+    assert int(bn.num_batches_tracked) == 1
 
 
 def test_schedule_arguments_are_checked():

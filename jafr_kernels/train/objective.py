@@ -20,9 +20,13 @@ Two ways to pay less for the term, as GAN training does for gradient penalties:
 * ``every=k`` (lazy regularisation): the JaFR term only on steps with ``step % k == 0``, weighted ``k * lam``
   so its average over steps is unchanged; the other steps are plain CE steps.
 * ``fraction=f`` (sub-batch regularisation): J and the term on the first ``ceil(f * B)`` samples of the batch
-  (batches are shuffled), in passes of their own; the CE term keeps the whole batch. The penalty is a mean
-  over samples, so its expected gradient is unchanged. With finite differences a step then costs about
-  ``1 + 2f`` standard steps.
+  (batches are shuffled); the CE term keeps the whole batch. The penalty is a mean over samples, so its
+  expected gradient is unchanged. In standard training the batch goes through the model in two passes, the
+  sub-batch's (which also gives J and, with finite differences, the clean gradient) and the rest's, and the
+  CE term is their sample-weighted mean: with finite differences a step costs about ``1 + f`` standard steps
+  (passes of ``fB``, ``(1 - f)B`` and ``fB`` samples). With BatchNorm in train mode each of the two passes
+  normalises with its own batch statistics (ghost batch normalisation over two groups) and the rest's pass
+  alone updates the running statistics. With an adversarial ``x_main`` the CE term has a pass of its own.
 
 Both return a scalar ``loss`` whose single ``loss.backward()`` produces the parameter gradient (so under
 DDP that one backward does the all-reduce) and whose value is ``CE + lam * P``.
@@ -189,6 +193,19 @@ def sub_batch_size(batch: int, fraction: float) -> int:
     return max(1, min(batch, math.ceil(fraction * batch - 1e-9)))
 
 
+def _ce_term(model, logits, ce_clean, share, rest, autocast_dtype):
+    """``(logits, CE, live)`` of the CE term: ``share * ce_clean`` plus, when ``rest = (x, y)`` is given, the
+    CE of a pass over ``rest`` weighted ``1 - share``; ``live`` is that pass's weighted CE (None without one),
+    the part of the CE term whose gradient is still to come."""
+    if rest is None:
+        return logits, ce_clean, None
+    logits_rest, ce_rest = _forward_ce(model, *rest, autocast_dtype)
+    live = ce_rest if share == 0 else (1 - share) * ce_rest
+    if share == 0:
+        return logits_rest, ce_rest, live
+    return torch.cat([logits.detach(), logits_rest.detach()]), share * ce_clean + live, live
+
+
 def ce_objective(model: nn.Module, x: Tensor, y: Tensor, autocast_dtype: Optional[torch.dtype] = None) -> ObjectiveResult:
     """Plain cross-entropy ``CE(f(x), y)`` as an :class:`ObjectiveResult` (no penalty, no Jacobian)."""
     logits, ce = _forward_ce(model, x, y, autocast_dtype)
@@ -229,7 +246,8 @@ def jafr_objective(
         autocast_dtype: e.g. ``torch.bfloat16`` to run the model under autocast; CE and spectra stay fp32.
         every, step: lazy regularisation: the term only when ``step % every == 0``, weighted ``every * lam``;
             other steps return the plain CE of ``x_main`` (no penalty, no J).
-        fraction: sub-batch regularisation: J and the term on the first ``ceil(fraction * B)`` samples.
+        fraction: sub-batch regularisation: J and the term on the first ``ceil(fraction * B)`` samples (in
+            standard training with BatchNorm, the CE term then normalises them and the rest as two groups).
 
     Returns:
         :class:`ObjectiveResult`; call ``result.loss.backward()`` once.
@@ -243,38 +261,32 @@ def jafr_objective(
     if step % every:
         return ce_objective(model, x if shared else x_main, y, autocast_dtype)
     lam = lam * every
-    m = sub_batch_size(x.shape[0], fraction)
-    if m < x.shape[0]:  # the term on a sub-batch, in passes of its own; the CE term keeps the whole batch
-        x_main, shared = (x if shared else x_main), False
-        x, y_jac = x[:m], y[:m]
-    else:
-        y_jac = y
+    batch, m = x.shape[0], sub_batch_size(x.shape[0], fraction)
+    # share: the clean pass's CE is (part of) the CE term, with this weight; rest: the samples the CE term
+    # needs a pass of its own for (the batch beyond the sub-batch in standard training, x_main otherwise)
+    share, rest = (m / batch, (x[m:], y[m:])) if shared else (0.0, (x_main, y))
+    if m == batch and shared:
+        rest = None
+    x, y_jac = x[:m], y[:m]
     xc = x.detach().requires_grad_(True)
     if jacobian_mode == "double_backward":
-        with frozen_bn_stats(model, freeze_bn and not shared):
+        with frozen_bn_stats(model, freeze_bn and rest is not None):
             logits, ce_clean = _forward_ce(model, xc, y_jac, autocast_dtype)
         (jac,) = torch.autograd.grad(ce_clean, xc, create_graph=lam != 0, retain_graph=True)
         pen, lf_ratio = _penalty_and_ratio(jac, penalty, cutoff, target, formulation)
-        if shared:
-            logits_main, ce_main = logits, ce_clean
-        else:
-            logits_main, ce_main = _forward_ce(model, x_main, y, autocast_dtype)
+        logits_main, ce_main, _ = _ce_term(model, logits, ce_clean, share, rest, autocast_dtype)
         loss = ce_main + lam * pen if lam != 0 else ce_main
         return ObjectiveResult(loss, ce_main.detach(), logits_main.detach(), pen.detach(), lf_ratio, jac.detach())
 
     # finite differences: one backward gives J and g_clean; then a forward/backward at x + h v
     params = [p for p in model.parameters() if p.requires_grad]
-    with frozen_bn_stats(model, freeze_bn and not shared):
+    with frozen_bn_stats(model, freeze_bn and rest is not None):
         logits, ce_clean = _forward_ce(model, xc, y_jac, autocast_dtype)
     grads = torch.autograd.grad(ce_clean, [xc] + params, allow_unused=True)
     jac, g_clean = grads[0], grads[1:]
     pen, lf_ratio, v = _penalty_value_and_grad(jac, penalty, cutoff, target, formulation)
-    if shared:
-        logits_main, ce_main, live = logits, ce_clean, None
-    else:
-        logits_main, ce_main = _forward_ce(model, x_main, y, autocast_dtype)
-        live = ce_main
-    extra, coef = {}, 1.0 if shared else 0.0
+    logits_main, ce_main, live = _ce_term(model, logits, ce_clean.detach(), share, rest, autocast_dtype)
+    extra, coef = {}, share
     if lam != 0:
         h, weight = _h_and_weight(x, v, fd_h, lam, ce_clean.dtype)
         with frozen_bn_stats(model, freeze_bn):
