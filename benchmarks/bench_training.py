@@ -13,11 +13,15 @@ fixed random batch, model in train mode:
 * ``penalty``: not a step: ``jk.freq_penalty`` forward+backward on the model's real J (same shape and
   backend as inside the JaFR step), to give the penalty's share of a step.
 
-A case may add bf16 autocast, channels_last memory format and ``torch.compile`` of the model (GPU suite).
+Every step but ``standard`` and ``penalty`` is timed in rounds, each right after a standard step of the same
+model and batch (:func:`benchmarks.calls.run_paired`), and its cost in standard steps is the median ratio of
+those pairs. A case may add bf16 autocast, channels_last memory format and ``torch.compile`` of the model (GPU suite).
 ``test_step_profile`` splits one finite-difference step with ``torch.profiler``: the penalty's ops against
 the rest, host (CPU) time against device busy time.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +29,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 import jafr_kernels as jk
 from jafr_kernels import backends
-from benchmarks.calls import run_timed
+from benchmarks.calls import run_paired, run_timed
 from benchmarks.configs import LAZY_EVERY, SUB_FRACTION
 
 LAMBDA = 0.1
@@ -111,8 +115,15 @@ def make_step(case, seed: int = 0):
 
 
 def test_train_step(benchmark, train_case, bench_rounds):
+    """One step; a JaFR or GradAlign step is timed in rounds paired with a standard step of its own model
+    and batch (``x_baseline``: the median ratio of the pairs)."""
     fn, info = make_step(train_case)
-    run_timed(benchmark, fn, bench_rounds, "train", {**train_case.as_dict(), **info})
+    info = {**train_case.as_dict(), **info}
+    if train_case.method in ("standard", "penalty"):
+        run_timed(benchmark, fn, bench_rounds, "train", info)
+    else:
+        standard, _ = make_step(dataclasses.replace(train_case, method="standard"))
+        run_paired(benchmark, fn, standard, bench_rounds, "train", info, per_call=info["steps_per_call"])
 
 
 def step_profile(fn, device: str, steps: int = _PROFILE_STEPS) -> dict:

@@ -9,6 +9,9 @@ J-sized output, the memory-traffic floor of any forward+backward.
 from __future__ import annotations
 
 import functools
+import math
+import statistics
+import time
 import warnings
 from typing import Callable
 
@@ -111,6 +114,38 @@ def run_timed(benchmark, fn, rounds, kind: str, info: dict):
     benchmark.extra_info["kind"] = kind
     benchmark.extra_info.update(info)
     return benchmark(fn)
+
+
+def run_paired(benchmark, fn, baseline, rounds, kind: str, info: dict, per_call: int = 1, budget_s: float = 1.0):
+    """Time ``fn`` in rounds, each right after one call of ``baseline`` (timed here, in the round's setup,
+    outside pytest-benchmark's clock), and record the median of the per-round ratios as ``x_baseline``.
+
+    A ratio of two medians taken minutes apart moves with the machine's load in between (on a shared 2-core
+    machine by 10-20 % between runs); the ratio of calls made back to back does not. ``per_call``: steps per
+    call of ``fn`` (``baseline`` does one); ``budget_s``: rounds to fill about this many seconds, at least
+    ``rounds.min_rounds``."""
+    for _ in range(rounds.warmup_calls):
+        baseline()
+        fn()
+    start = time.perf_counter()
+    baseline()
+    fn()
+    pair_s = time.perf_counter() - start
+    n = max(rounds.min_rounds, math.ceil(budget_s / pair_s)) if rounds.max_time > 0 else rounds.min_rounds
+    base_s = []
+
+    def setup():
+        t = time.perf_counter()
+        baseline()
+        base_s.append(time.perf_counter() - t)
+
+    benchmark.extra_info["kind"] = kind
+    benchmark.extra_info.update(info)
+    out = benchmark.pedantic(fn, setup=setup, rounds=n, iterations=1)
+    times = benchmark.stats.stats.data
+    benchmark.extra_info["baseline_median_s"] = statistics.median(base_s)
+    benchmark.extra_info["x_baseline"] = statistics.median(t / per_call / b for t, b in zip(times, base_s))
+    return out
 
 
 def quiet_compile_warnings() -> None:

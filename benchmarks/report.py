@@ -259,6 +259,14 @@ def _model_times(train: dict, model: str) -> dict:
     return train[(model, max(batches))] if batches else {}
 
 
+def x_standard(row: dict, standard: Optional[dict]) -> Optional[float]:
+    """A step's cost in standard steps: the median ratio of its rounds to the standard steps paired with them
+    (``x_baseline``, see :func:`benchmarks.calls.run_paired`), else the ratio of the two cases' medians."""
+    if row.get("x_baseline") is not None:
+        return row["x_baseline"]
+    return row["median_s"] / standard["median_s"] if standard else None
+
+
 def _variant(row: dict) -> str:
     return "+".join(f for f in ("bf16", "channels_last", "compile") if row.get(f)) or "fp32"
 
@@ -336,20 +344,20 @@ def evaluate_targets(rows: list[dict], meta: dict) -> list[dict]:
     for (model, batch), t in sorted(train.items()):
         std = t.get("standard")
         note = "" if std is None else f"standard {std['median_s'] * 1e3:.1f} ms" + "".join(
-            f", {m} {t[m]['median_s'] * 1e3:.1f} ms ({t[m]['median_s'] / std['median_s']:.2f}x)"
+            f", {m} {t[m]['median_s'] * 1e3:.1f} ms ({x_standard(t[m], std):.2f}x)"
             for m in ("jafr_double", "jafr_fd", "jafr_fd_lazy", "jafr_fd_sub") if m in t)
         for method, what, goal in STEP_GOALS:
             name = f"{what} / standard step, {model} batch {batch}"
             if std is None or method not in t:
                 targets.append(_target(name, None, goal, "lower", "x", "not run"))
             else:
-                targets.append(_target(name, t[method]["median_s"] / std["median_s"], goal, "lower", "x", note))
+                targets.append(_target(name, x_standard(t[method], std), goal, "lower", "x", note))
     if device == "cuda" and not smoke:  # the GPU goals: PreAct ResNet-18, batch 128, bf16 (with channels_last)
         t = _model_times(_train_times(rows, "bf16+channels_last"), "preact_resnet18")
         for method, what, goal in GPU_STEP_GOALS:
             name = f"{what} / standard step, preact_resnet18 bf16+channels_last (GPU)"
             ok = "standard" in t and method in t
-            ratio = t[method]["median_s"] / t["standard"]["median_s"] if ok else None
+            ratio = x_standard(t[method], t["standard"]) if ok else None
             note = f"{t[method]['median_s'] * 1e3:.1f} ms vs {t['standard']['median_s'] * 1e3:.1f} ms" if ok else "not run"
             targets.append(_target(name, ratio, goal, "lower", "x", note))
     # 4. GPU targets.
@@ -449,7 +457,7 @@ def train_table(results: dict) -> str:
                 if method not in t:
                     continue
                 r = t[method]
-                rel = r["median_s"] / std["median_s"] if std else None
+                rel = x_standard(r, std)
                 lines.append([model, variant, method, str(r["batch"]), _fmt(r["median_s"] * 1e3, ".1f"), _fmt(rel, ".2f"),
                               r.get("path", "")])
     return _table(["model", "variant", "step", "batch", "ms / step", "x standard", "how"], lines)
