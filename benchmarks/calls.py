@@ -116,14 +116,16 @@ def run_timed(benchmark, fn, rounds, kind: str, info: dict):
     return benchmark(fn)
 
 
-def run_paired(benchmark, fn, baseline, rounds, kind: str, info: dict, per_call: int = 1, budget_s: float = 1.0):
-    """Time ``fn`` in rounds, each right after one call of ``baseline`` (timed here, in the round's setup,
-    outside pytest-benchmark's clock), and record the median of the per-round ratios as ``x_baseline``.
+def run_paired(benchmark, fn, baseline, rounds, kind: str, info: dict, per_call: int = 1,
+               budget_s: float = 1.5, block_s: float = 0.1):
+    """Time ``fn`` in blocks of ``k`` back-to-back calls, each block right after a block of ``k`` calls of
+    ``baseline`` (timed here, in the round's setup, outside pytest-benchmark's clock), and record the median
+    of the per-block ratios as ``x_baseline`` and the baseline's median as ``baseline_median_s``.
 
-    A ratio of two medians taken minutes apart moves with the machine's load in between (on a shared 2-core
-    machine by 10-20 % between runs); the ratio of calls made back to back does not. ``per_call``: steps per
-    call of ``fn`` (``baseline`` does one); ``budget_s``: rounds to fill about this many seconds, at least
-    ``rounds.min_rounds``."""
+    Two medians taken minutes apart move with the machine's load in between (on a shared 2-core machine by
+    10-20 % between runs); blocks timed back to back share it. ``k`` fills about ``block_s`` seconds, so that
+    a call rarely follows the other kind (which costs it its caches); ``per_call``: steps per call of ``fn``
+    (``baseline`` does one); rounds fill about ``budget_s`` seconds, at least ``rounds.min_rounds``."""
     for _ in range(rounds.warmup_calls):
         baseline()
         fn()
@@ -131,20 +133,29 @@ def run_paired(benchmark, fn, baseline, rounds, kind: str, info: dict, per_call:
     baseline()
     fn()
     pair_s = time.perf_counter() - start
-    n = max(rounds.min_rounds, math.ceil(budget_s / pair_s)) if rounds.max_time > 0 else rounds.min_rounds
+    full = rounds.max_time > 0
+    k = max(1, round(block_s / pair_s)) if full else 1
+    n = max(rounds.min_rounds, math.ceil(budget_s / (k * pair_s))) if full else rounds.min_rounds
     base_s = []
 
     def setup():
         t = time.perf_counter()
-        baseline()
-        base_s.append(time.perf_counter() - t)
+        for _ in range(k):
+            baseline()
+        base_s.append((time.perf_counter() - t) / k)
+
+    def block():
+        for _ in range(k):
+            out = fn()
+        return out
 
     benchmark.extra_info["kind"] = kind
     benchmark.extra_info.update(info)
-    out = benchmark.pedantic(fn, setup=setup, rounds=n, iterations=1)
+    benchmark.extra_info["steps_per_call"] = per_call * k  # pytest-benchmark's times are per block
+    out = benchmark.pedantic(block, setup=setup, rounds=n, iterations=1)
     times = benchmark.stats.stats.data
     benchmark.extra_info["baseline_median_s"] = statistics.median(base_s)
-    benchmark.extra_info["x_baseline"] = statistics.median(t / per_call / b for t, b in zip(times, base_s))
+    benchmark.extra_info["x_baseline"] = statistics.median(t / (per_call * k) / b for t, b in zip(times, base_s))
     return out
 
 
