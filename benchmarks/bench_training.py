@@ -13,9 +13,10 @@ fixed random batch, model in train mode:
 * ``penalty``: not a step: ``jk.freq_penalty`` forward+backward on the model's real J (same shape and
   backend as inside the JaFR step), to give the penalty's share of a step.
 
-Every step but ``standard`` and ``penalty`` is timed in rounds, each right after a standard step of the same
-model and batch (:func:`benchmarks.calls.run_paired`), and its cost in standard steps is the median ratio of
-those pairs. A case may add bf16 autocast, channels_last memory format and ``torch.compile`` of the model (GPU suite).
+Every step is timed in rounds, each right after a standard step of the same model and batch
+(:func:`benchmarks.calls.run_paired`), and its cost in standard steps is the median ratio of those pairs. The
+``standard`` case is paired with a twin (a second model, same seed): its ratio, 1 within noise, is the
+control that the pairing favours neither side. A case may add bf16 autocast, channels_last memory format and ``torch.compile`` of the model (GPU suite).
 ``test_step_profile`` splits one finite-difference step with ``torch.profiler``: the penalty's ops against
 the rest, host (CPU) time against device busy time.
 """
@@ -122,11 +123,11 @@ def _standard_step(case):
 
 
 def test_train_step(benchmark, train_case, bench_rounds):
-    """One step; a JaFR or GradAlign step is timed in rounds paired with a standard step of its own model
-    and batch (``x_baseline``: the median ratio of the pairs)."""
+    """One step, timed in rounds paired with a standard step of its own model and batch (``x_baseline``: the
+    median ratio of the pairs; for ``standard`` itself, paired with its twin, the control); ``penalty`` alone."""
     fn, info = make_step(train_case)
     info = {**train_case.as_dict(), **info}
-    if train_case.method in ("standard", "penalty"):
+    if train_case.method == "penalty":
         run_timed(benchmark, fn, bench_rounds, "train", info)
     else:
         standard = _standard_step(dataclasses.replace(train_case, method="standard"))

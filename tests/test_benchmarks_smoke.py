@@ -51,7 +51,7 @@ def test_every_part_produced_rows(smoke_results):
 
 
 def test_training_steps_side_by_side(smoke_results):
-    """Every step of the comparison ran for both models; the lazy step is timed over its k steps and reported
+    """Every step of the comparison ran for both models, each paired with a standard step; the lazy step is timed over its k steps and reported
     per step; the profiled step splits off the penalty."""
     from benchmarks import configs
 
@@ -59,6 +59,8 @@ def test_training_steps_side_by_side(smoke_results):
     train = [r for r in results["rows"] if r["kind"] == "train"]
     for model in ("small_cnn", "preact_resnet18"):
         assert {r["method"] for r in train if r["model"] == model} == set(configs.TRAIN_METHODS)
+    steps = [r for r in train if r["method"] != "penalty"]
+    assert steps and all(r["x_baseline"] > 0 for r in steps)  # every step paired, standard with its twin
     lazy = next(r for r in train if r["method"] == "jafr_fd_lazy")
     assert lazy["steps_per_call"] == configs.LAZY_EVERY
     profiled = [r for r in results["rows"] if r["kind"] == "train_profile"]
