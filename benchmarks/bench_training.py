@@ -16,7 +16,8 @@ fixed random batch, model in train mode:
 Every step is timed in rounds, each right after a standard step of the same model and batch
 (:func:`benchmarks.calls.run_paired`), and its cost in standard steps is the median ratio of those pairs. The
 ``standard`` case is paired with a twin (a second model, same seed): its ratio, 1 within noise, is the
-control that the pairing favours neither side. A case may add bf16 autocast, channels_last memory format and ``torch.compile`` of the model (GPU suite).
+control that the pairing favours neither side. A case may add bf16 autocast, channels_last memory format and
+``torch.compile`` of the model (GPU suite).
 ``test_step_profile`` splits one finite-difference step with ``torch.profiler``: the penalty's ops against
 the rest, host (CPU) time against device busy time.
 """

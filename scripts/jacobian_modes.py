@@ -32,9 +32,10 @@ MODES = {
     "lazy_fd_k4": dict(jacobian_mode="finite_difference", jafr_every=4),
     "sub_fd_f0.25": dict(jacobian_mode="finite_difference", jafr_every=1, jafr_fraction=0.25),
 }
+SEEDS = (0, 1, 2, 3, 4)
 
 
-def effect(seeds=(0, 1, 2, 3, 4), steps: int = 300, lam: float = 0.1, out_dir: str = "runs/jacobian_modes") -> dict:
+def effect(seeds=SEEDS, steps: int = 300, lam: float = 0.1, out_dir: str = "runs/jacobian_modes") -> dict:
     """Held-out J low-frequency ratio per seed and mode, and each mode's shift as a share of the exact one's."""
     train, test = load_dataset("fashion_mnist", True), load_dataset("fashion_mnist", False)
     xt, yt = test.batch(torch.arange(1000))
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python scripts/jacobian_modes.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=("effect", "cosine", "all"))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lam", type=float, default=0.1)
     p.add_argument("--out", default="runs/jacobian_modes")

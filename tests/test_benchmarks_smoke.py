@@ -51,8 +51,8 @@ def test_every_part_produced_rows(smoke_results):
 
 
 def test_training_steps_side_by_side(smoke_results):
-    """Every step of the comparison ran for both models, each paired with a standard step; the lazy step is timed over its k steps and reported
-    per step; the profiled step splits off the penalty."""
+    """Every step of the comparison ran for both models, each paired with a standard step; the lazy step is
+    timed over its k steps and reported per step; the profiled step splits off the penalty."""
     from benchmarks import configs
 
     results, stdout = smoke_results
